@@ -1,0 +1,93 @@
+"""The variants of thesis Table 4.1, as thin subclasses of :class:`~probprec.Preconditioner`.
+
+=========================  =========  ==============  =========  =========
+class                      (1) prior  (2) adaptive lr (3) build P (4) apply P
+=========================  =========  ==============  =========  =========
+PreconditionedSGD          yes        yes             yes        yes
+AdaptiveSGD                yes        yes             yes        no
+OnlyAdaptiveSGD            yes        yes             no         no
+PreconditionedTunedSGD     yes        no (user lr)    yes        yes
+=========================  =========  ==============  =========  =========
+
+``OnlyAdaptiveSGD`` stops each cycle after the prior: it computes no posterior,
+no low-rank estimate and only ``prior_iterations`` Hessian-vector products.
+Any other inner optimizer works through ``optim_class`` (``PreconditionedMomentum``
+and ``PreconditionedAdam`` are provided for the thesis's experiments).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .optimizer import Preconditioner
+
+__all__ = [
+    "AdaptiveSGD",
+    "OnlyAdaptiveSGD",
+    "PreconditionedAdam",
+    "PreconditionedMomentum",
+    "PreconditionedSGD",
+    "PreconditionedTunedMomentum",
+    "PreconditionedTunedSGD",
+]
+
+Params = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+
+class PreconditionedSGD(Preconditioner):
+    """SGD with the estimated step size and the preconditioner (all four phases)."""
+
+    def __init__(self, params: Params, **kwargs: Any) -> None:
+        kwargs.setdefault("optim_class", torch.optim.SGD)
+        super().__init__(params, **kwargs)
+
+
+class AdaptiveSGD(PreconditionedSGD):
+    """SGD with the estimated step size; the preconditioner is estimated (and logged) but not applied."""
+
+    def __init__(self, params: Params, **kwargs: Any) -> None:
+        kwargs.setdefault("apply_preconditioner", False)
+        super().__init__(params, **kwargs)
+
+
+class OnlyAdaptiveSGD(PreconditionedSGD):
+    """SGD with the estimated step size only: each cycle ends after the prior."""
+
+    def __init__(self, params: Params, **kwargs: Any) -> None:
+        kwargs.setdefault("build_preconditioner", False)
+        kwargs.setdefault("apply_preconditioner", False)
+        super().__init__(params, **kwargs)
+
+
+class PreconditionedTunedSGD(PreconditionedSGD):
+    """SGD at a fixed user learning rate ``lr``, preconditioned."""
+
+    def __init__(self, params: Params, lr: float, **kwargs: Any) -> None:
+        super().__init__(params, lr=lr, **kwargs)
+
+
+class PreconditionedMomentum(Preconditioner):
+    """SGD with momentum (0.9 unless given) as the inner optimizer, adaptive step size, preconditioned."""
+
+    def __init__(self, params: Params, momentum: float = 0.9, **kwargs: Any) -> None:
+        kwargs.setdefault("optim_class", torch.optim.SGD)
+        super().__init__(params, momentum=momentum, **kwargs)
+
+
+class PreconditionedTunedMomentum(PreconditionedMomentum):
+    """SGD with momentum at a fixed user learning rate ``lr``, preconditioned."""
+
+    def __init__(self, params: Params, lr: float, **kwargs: Any) -> None:
+        super().__init__(params, lr=lr, **kwargs)
+
+
+class PreconditionedAdam(Preconditioner):
+    """Adam as the inner optimizer, with the estimated step size as its learning rate, preconditioned."""
+
+    def __init__(self, params: Params, **kwargs: Any) -> None:
+        kwargs.setdefault("optim_class", torch.optim.Adam)
+        super().__init__(params, **kwargs)

@@ -188,7 +188,7 @@ class Preconditioner(Optimizer):
             _check_int("restart_interval", restart_interval, 1)
         self.restart_interval = restart_interval
         if step_rule == "paper" and lr is None:
-            raise ValueError("step_rule='paper' needs a step size: lr must be a number > 0, got None")
+            raise ValueError("lr must be a number > 0 with step_rule='paper' (its step size eta), got None")
         if apply_preconditioner and not build_preconditioner:
             raise ValueError(
                 "apply_preconditioner=True needs build_preconditioner=True, got build_preconditioner=False"
@@ -337,6 +337,24 @@ class Preconditioner(Optimizer):
                 out.append(None)
         return out
 
+    def precondition(self, vectors: Iterable[Tensor]) -> list[Tensor]:
+        """Apply the current preconditioner :math:`P` to one vector per parameter tensor.
+
+        ``vectors`` are in ``param_groups`` order with the parameters' shapes (a
+        gradient, say); the result is :math:`P v` (:mod:`probprec.precondition`),
+        the vector itself where no preconditioner is held. Weight decay and the
+        learning rate are not applied.
+        """
+        out = []
+        for p, v in zip(self._all_params(), vectors, strict=True):
+            factors = self.state.get(p, {}).get(_FACTORS)
+            if factors is None or factors.numel() == 0:
+                out.append(v.clone())
+            else:
+                U = self.state[p][_EIGVECS][: factors.numel()]
+                out.append(precondition(v.reshape(-1).to(U.dtype), U, factors).view_as(v))
+        return out
+
     # ------------------------------------------------------------ state dict
 
     def state_dict(self) -> dict[str, Any]:
@@ -471,7 +489,8 @@ class Preconditioner(Optimizer):
             raise RuntimeError(
                 f"Preconditioner needs curvature at this step (phase {self.phase!r}), but the "
                 "gradients carry no autograd graph: call "
-                "loss.backward(create_graph=optimizer.create_graph) before optimizer.step()"
+                "loss.backward(create_graph=optimizer.create_graph) before optimizer.step() "
+                "(if it was called so, the loss is linear in the parameters: there is no curvature)"
             )
         self._log["hvp_count"] += 1
         views = [v.view_as(p) for p, v in zip(params, vectors, strict=True)]

@@ -44,7 +44,7 @@ def fresh(make_opt, dtype=torch.float32):
 
 OPTIMIZERS = {
     "precond": lambda m: Preconditioner(m.parameters(), **KW),
-    "momentum": lambda m: PreconditionedMomentum(m.parameters(), **KW),
+    "momentum": lambda m: PreconditionedMomentum(m.parameters(), momentum=0.5, **KW),
     "adam": lambda m: PreconditionedAdam(m.parameters(), **KW),
     "adaptive": lambda m: AdaptiveSGD(m.parameters(), **KW),
     "only_adaptive": lambda m: OnlyAdaptiveSGD(m.parameters(), **KW),
@@ -112,7 +112,7 @@ def test_deepcopy_continues_identically():
     model, opt = fresh(OPTIMIZERS["momentum"])
     run_steps(model, opt, batches[:9])
     model2 = copy.deepcopy(model)
-    opt2 = PreconditionedMomentum(model2.parameters(), **KW)
+    opt2 = OPTIMIZERS["momentum"](model2)
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
     run_steps(model, opt, batches, start=9)
     run_steps(model2, opt2, batches, start=9)

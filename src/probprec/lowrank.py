@@ -9,7 +9,8 @@ curvature).
 **Rayleigh-Ritz on span(S)** (:func:`rayleigh_ritz`, the default). With the thin
 decomposition :math:`S^\top = W \Sigma V^\top` (:math:`W` orthonormal), the
 observations give the curvature operator on the subspace, :math:`B W = Y^\top V
-\Sigma^{-1}`, hence the projected matrix and its eigenpairs
+\Sigma^{-1}`, hence the projected matrix (computed from :math:`S S^\top` and
+:math:`S Y^\top` alone) and its eigenpairs
 
 .. math::
 
@@ -62,7 +63,7 @@ class LowRank(NamedTuple):
     """Bool ``(k,)``: False for slots beyond the numerical rank of the subspace."""
 
 
-def _orthonormal_basis(A: Tensor, rtol: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _orthonormal_basis(A: Tensor, rtol: float = 1e-5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""Thin SVD :math:`A = W \Sigma V^\top` of an ``n x r`` matrix via Householder QR.
 
     With :math:`A = QR`, the eigen-decomposition :math:`R^\top R = V \Sigma^2 V^\top`
@@ -97,27 +98,54 @@ def _top_k(T: Tensor, keep: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
 
 def _fix_signs(U: Tensor) -> Tensor:
     """Flip each row so that its entry of largest magnitude is positive (deterministic)."""
-    idx = U.abs().argmax(dim=1, keepdim=True)
-    sign = torch.sign(U.gather(1, idx))
-    return U * torch.where(sign == 0, torch.ones_like(sign), sign)
+    low, high = torch.aminmax(U, dim=1)
+    return U * torch.where(high >= -low, 1.0, -1.0).to(U.dtype)[:, None]
 
 
-def rayleigh_ritz(S: Tensor, Y: Tensor, k: int, rtol: float = 1e-5) -> LowRank:
-    """Top-k Ritz pairs of the curvature on span(S) from observations ``Y`` (module docstring).
+def _orthonormalize_rows(U: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric (Löwdin) orthonormalisation of nearly orthonormal rows; zero rows stay zero.
+
+    Removes the rounding that a float32 Gram matrix leaves in the Ritz vectors,
+    with the smallest possible change to each of them. Also returns whether the
+    rows were finite.
+    """
+    small = accumulation_dtype(U.device)
+    G = (U @ U.mT).to(small)
+    finite = G.isfinite().all()
+    G = torch.where(finite, G, torch.zeros_like(G))
+    evals, Q = torch.linalg.eigh(G)
+    good = evals > 1e-3 * evals.amax().clamp_min(torch.finfo(small).tiny)
+    inv_sqrt = torch.where(good, torch.where(good, evals, torch.ones_like(evals)).rsqrt(), torch.zeros_like(evals))
+    return ((Q * inv_sqrt) @ Q.mT).to(U.dtype) @ U, finite
+
+
+def rayleigh_ritz(S: Tensor, SS: Tensor, SY: Tensor, k: int, rtol: float = 1e-3) -> LowRank:
+    r"""Top-k Ritz pairs of the curvature on span(S), from the Gram matrices (module docstring).
+
+    The thin SVD of :math:`S^\top` comes from :math:`S S^\top = V \Sigma^2 V^\top`, so
+    :math:`W = S^\top V \Sigma^{-1}` and :math:`T = \Sigma^{-1} V^\top (S Y^\top) V
+    \Sigma^{-1}` need no pass over the :math:`n`-dimensional data; only the Ritz
+    vectors :math:`U = Z^\top \Sigma^{-1} V^\top S` do.
 
     Args:
-        S: directions, ``(m, n)``; Y: their noisy curvature products, ``(m, n)``.
-        k: number of pairs; the result has ``min(k, m, n)`` rows.
-        rtol: singular values of ``S`` below ``rtol`` times the largest are dropped.
+        S: directions, ``(m, n)``.
+        SS: :math:`S S^\top`; SY: :math:`S Y^\top` with :math:`y_i` the noisy
+            curvature products along :math:`s_i`.
+        k: number of pairs; the result has ``min(k, m)`` rows.
+        rtol: directions with singular value below ``rtol`` times the largest are
+            dropped (the float32 Gram matrix resolves about ``sqrt(eps)``).
     """
-    W, sv, V, keep = _orthonormal_basis(S.mT, rtol)
-    small = sv.dtype
+    small = accumulation_dtype(S.device)
+    SS, SY = SS.to(small), SY.to(small)
+    evals, V = torch.linalg.eigh(SS)
+    evals, V = evals.flip(0), V.flip(1)
+    sv = evals.clamp_min(0).sqrt()
+    keep = sv > rtol * sv[:1].clamp_min(torch.finfo(small).tiny)
     inv = torch.where(keep, 1.0 / torch.where(keep, sv, torch.ones_like(sv)), torch.zeros_like(sv))
-    BW = Y.mT @ (V * inv).to(Y.dtype)
-    T = (W.mT @ BW).to(small)
-    evals, Z, valid = _top_k(T, keep, min(k, W.shape[1]))
-    U = _fix_signs((W @ Z.to(W.dtype)).mT)
-    return LowRank(U, evals, valid)
+    Vs = V * inv
+    evals, Z, valid = _top_k(Vs.mT @ SY @ Vs, keep, min(k, S.shape[0]))
+    U, finite = _orthonormalize_rows((Z.mT @ Vs.mT).to(S.dtype) @ S)
+    return LowRank(_fix_signs(U), evals, valid & finite)
 
 
 def posterior_eigen(
@@ -130,5 +158,5 @@ def posterior_eigen(
     SW, XW = (S @ W).to(small), (X @ W).to(small)
     T = system.width**2 * (XW.mT @ SW)
     mu, Z, valid = _top_k(T, keep, min(k, W.shape[1]))
-    U = _fix_signs((W @ Z.to(W.dtype)).mT)
-    return LowRank(U, system.mean + mu, valid)
+    U = (W @ Z.to(W.dtype)).mT
+    return LowRank(_fix_signs(U), system.mean + mu, valid & U.isfinite().all())

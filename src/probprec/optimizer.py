@@ -19,7 +19,8 @@ from torch.optim import Optimizer
 
 from . import lowrank as _lowrank
 from .hvp import has_graph, hessian_vector_product
-from .posterior import active_direction, posterior_system
+from ._precision import accumulation_dtype
+from .posterior import PosteriorSystem, active_direction, posterior_system
 from .precondition import condition_gain, newton_factors, paper_factors, precondition
 from .prior import curvature_sums, estimate_prior, noise_sums
 
@@ -37,6 +38,8 @@ _PROBE = "probe"  # probe shared by a pair of prior minibatches
 _PROBE_HVP = "probe_hvp"  # HVP of the first minibatch of the pair
 _DIRECTIONS = "directions"  # (K, n) observed directions s_i
 _OBSERVATIONS_KEY = "observations"  # (K, n) their products y_i
+_GRAM_SS = "gram_ss"  # (K, K) S S', filled as directions arrive
+_GRAM_SY = "gram_sy"  # (K, K) S Y', filled as directions and observations arrive
 _EIGVECS = "eigvecs"  # (k', n) estimated top curvature directions, orthonormal rows
 _EIGVALS = "eigvals"  # (k',) their estimated curvatures, decreasing
 _FACTORS = "factors"  # (a,) c_j - 1 of the first a <= k' directions (the rescaled ones)
@@ -267,8 +270,8 @@ class Preconditioner(Optimizer):
         """
         for p in self._all_params():
             state = self.state[p]
-            for key in (_GRAD_SUM, _PROBE, _PROBE_HVP, _DIRECTIONS, _OBSERVATIONS_KEY, _EIGVECS, _EIGVALS,
-                        _FACTORS):
+            for key in (_GRAD_SUM, _PROBE, _PROBE_HVP, _DIRECTIONS, _OBSERVATIONS_KEY, _GRAM_SS, _GRAM_SY,
+                        _EIGVECS, _EIGVALS, _FACTORS):
                 state.pop(key, None)
         for gs in self._groups_state:
             gs.update(self._fresh_group_state(active=True))
@@ -631,11 +634,29 @@ class Preconditioner(Optimizer):
     def _posterior_params(self) -> list[tuple[int, dict[str, Any], list[Tensor]]]:
         return [(i, g, list(g["params"])) for i, g, _ in self._participants(posterior=True)]
 
-    def _system(self, index: int, S: Tensor, Y: Tensor):  # noqa: ANN202
+    def _system(self, index: int, p: Tensor, m: int) -> PosteriorSystem:
+        """The posterior system of tensor ``p`` over its first ``m`` directions and observations."""
         prior = self._groups_state[index]["prior"]
-        dtype = torch.float64 if S.device.type != "mps" else torch.float32
-        b0, w0, lam = (torch.tensor(prior[k], dtype=dtype, device=S.device) for k in ("mean", "width", "noise"))
-        return posterior_system(S, Y, b0, w0, lam)
+        state = self.state[p]
+        SS, SY = state[_GRAM_SS][:m, :m], state[_GRAM_SY][:m, :m]
+        dtype = accumulation_dtype(SS.device)
+        b0, w0, lam = (torch.tensor(prior[k], dtype=dtype, device=SS.device) for k in ("mean", "width", "noise"))
+        return posterior_system(SS, SY, b0, w0, lam)
+
+    def _record_direction(self, p: Tensor, j: int) -> None:
+        """Extend the Gram matrices by direction ``j`` (observations ``0..j-1`` exist)."""
+        state = self.state[p]
+        S, Y = state[_DIRECTIONS], state[_OBSERVATIONS_KEY]
+        row = S[: j + 1] @ S[j]
+        state[_GRAM_SS][j, : j + 1] = row
+        state[_GRAM_SS][: j + 1, j] = row
+        if j:
+            state[_GRAM_SY][j, :j] = Y[:j] @ S[j]
+
+    def _record_observation(self, p: Tensor, j: int) -> None:
+        """Extend :math:`S Y^\\top` by observation ``j`` (directions ``0..j`` exist)."""
+        state = self.state[p]
+        state[_GRAM_SY][: j + 1, j] = state[_DIRECTIONS][: j + 1] @ state[_OBSERVATIONS_KEY][j]
 
     def _first_direction(self) -> None:
         """Set :math:`s_0 = -\\alpha \\bar g` from the mean regularised prior gradient."""
@@ -644,12 +665,16 @@ class Preconditioner(Optimizer):
             alpha = self._groups_state[i]["prior"]["step_size"]
             for p in ps:
                 state = self.state[p]
-                n = p.numel()
-                state[_DIRECTIONS] = torch.zeros((K, n), dtype=p.dtype, device=p.device)
-                state[_OBSERVATIONS_KEY] = torch.zeros((K, n), dtype=p.dtype, device=p.device)
+                state[_DIRECTIONS] = torch.empty((K, p.numel()), dtype=p.dtype, device=p.device)
+                state[_OBSERVATIONS_KEY] = torch.empty((K, p.numel()), dtype=p.dtype, device=p.device)
+                state[_GRAM_SS] = torch.zeros((K, K), dtype=p.dtype, device=p.device)
+                state[_GRAM_SY] = torch.zeros((K, K), dtype=p.dtype, device=p.device)
                 grad_sum = state.pop(_GRAD_SUM, None)
-                if grad_sum is not None:
-                    state[_DIRECTIONS][0] = grad_sum * (-alpha / self.prior_iterations)
+                if grad_sum is None:
+                    state[_DIRECTIONS][0].zero_()
+                else:
+                    torch.mul(grad_sum, -alpha / self.prior_iterations, out=state[_DIRECTIONS][0])
+                self._record_direction(p, 0)
         for p in self._all_params():
             self.state[p].pop(_GRAD_SUM, None)
 
@@ -670,11 +695,13 @@ class Preconditioner(Optimizer):
                 y = hvps.get(id(p))
                 if y is None:
                     state[_OBSERVATIONS_KEY][m].zero_()
+                    self._record_observation(p, m)
                     continue
                 if wd:
                     y = y.add(state[_DIRECTIONS][m], alpha=wd)
                 state[_OBSERVATIONS_KEY][m] = y
-                checks.append(y.norm())
+                self._record_observation(p, m)
+                checks.append(state[_GRAM_SY][m, m])
                 checks.append(p.grad.norm())  # type: ignore[union-attr]
         if self.observe == "next" and m + 1 < self.num_observations:
             checks += self._new_directions(groups, m + 1)
@@ -693,12 +720,14 @@ class Preconditioner(Optimizer):
             wd = group["weight_decay"]
             for p in ps:
                 state = self.state[p]
-                S, Y = state[_DIRECTIONS][:m], state[_OBSERVATIONS_KEY][:m]
-                g = self._regularised_grad(p, wd) if p.grad is not None else torch.zeros(
-                    p.numel(), dtype=p.dtype, device=p.device)
-                s = active_direction(g, S, Y, self._system(i, S, Y), self.orthogonalize)
-                state[_DIRECTIONS][m] = s
-                checks.append(s.norm())
+                S, Y = state[_DIRECTIONS], state[_OBSERVATIONS_KEY]
+                if p.grad is None:
+                    S[m].zero_()
+                else:
+                    g = self._regularised_grad(p, wd)
+                    active_direction(g, S[:m], Y[:m], self._system(i, p, m), self.orthogonalize, out=S[m])
+                self._record_direction(p, m)
+                checks.append(state[_GRAM_SS][m, m])
         return checks
 
     # -- extraction and switch
@@ -710,21 +739,22 @@ class Preconditioner(Optimizer):
         for i, _, ps in self._posterior_params():
             for p in ps:
                 state = self.state[p]
+                K = self.num_observations
+                system = self._system(i, p, K)
                 S, Y = state.pop(_DIRECTIONS), state.pop(_OBSERVATIONS_KEY)
+                state.pop(_GRAM_SS), state.pop(_GRAM_SY)
                 work = S.dtype if S.dtype in (torch.float32, torch.float64) else torch.float32
                 S, Y = S.to(work), Y.to(work)
                 if self.extraction == "ritz":
-                    low = _lowrank.rayleigh_ritz(S, Y, self.est_rank)
+                    low = _lowrank.rayleigh_ritz(S, system.SS, system.SY, self.est_rank)
                 else:
-                    low = _lowrank.posterior_eigen(S, Y, self._system(i, S, Y), self.est_rank)
+                    low = _lowrank.posterior_eigen(S, Y, system, self.est_rank)
                 pending.append((i, p, low))
         host: list[float] = []
         if pending:
             device = pending[0][2].eigvals.device
             host = torch.cat([
-                torch.cat((low.eigvals, low.valid.to(low.eigvals.dtype),
-                           low.eigvecs.isfinite().all().to(low.eigvals.dtype)[None])).to(device)
-                for _, _, low in pending
+                torch.cat((low.eigvals, low.valid.to(low.eigvals.dtype))).to(device) for _, _, low in pending
             ]).tolist()
         tensors_log: dict[int, dict[str, Any]] = {}
         gains: dict[int, float] = {}
@@ -733,10 +763,9 @@ class Preconditioner(Optimizer):
             k = low.eigvals.numel()
             eigvals = host[offset:offset + k]
             valid = [bool(v) for v in host[offset + k:offset + 2 * k]]
-            finite = bool(host[offset + 2 * k])
-            offset += 2 * k + 1
+            offset += 2 * k
             kept = [e for e, v in zip(eigvals, valid, strict=True) if v]
-            if not (finite and all(math.isfinite(e) for e in kept)):
+            if not all(math.isfinite(e) for e in kept):
                 self._event("fallback", "non-finite low-rank estimate; tensor not preconditioned", i)
                 tensors_log[index_of[id(p)]] = {"eigenvalues": [], "preconditioned": 0}
                 continue

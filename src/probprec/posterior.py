@@ -24,9 +24,10 @@ and the posterior mean (eq. 8) is
 
     \hat B = b_0 I + w_0^2 X^\top S, \qquad X = M^{-1} (Y - b_0 S).
 
-It is never formed: every product costs :math:`O(nm)` and the :math:`m \times m`
-systems are solved in float64. The exact matrix-inversion lemma gives, with
-:math:`D = Y - b_0 S`,
+It is never formed: everything is expressed through the small Gram matrices
+:math:`S S^\top` and :math:`S Y^\top` (which the optimizer updates one row at a time)
+and :math:`O(nm)` products; the :math:`m \times m` systems are solved in float64.
+The exact matrix-inversion lemma gives, with :math:`D = Y - b_0 S`,
 
 .. math::
 
@@ -35,9 +36,12 @@ systems are solved in float64. The exact matrix-inversion lemma gives, with
 
 (the 2019 reference transposed the capacitance matrix here). The active policy
 (eq. 16) chooses the next direction :math:`s = -\hat B^{-1} g` for a fresh
-minibatch gradient :math:`g`; :func:`orthogonalize` then keeps only its part that is
-new with respect to the directions already observed, as a Lanczos step would,
-which keeps :math:`S` well conditioned under noise (spec/algorithm.md §2c).
+minibatch gradient :math:`g`; with ``orthogonal=True`` only the part of it that is
+new with respect to the (mutually orthogonal) observed directions is kept and
+rescaled to the length of :math:`s`, as a Lanczos step would. That keeps :math:`S`
+well conditioned under noise (spec/algorithm.md §2c); the projection
+coefficients :math:`S s` follow from the small matrices, so the orthogonal
+direction costs no extra pass over :math:`S`.
 """
 
 from __future__ import annotations
@@ -53,7 +57,6 @@ __all__ = [
     "PosteriorSystem",
     "active_direction",
     "apply_inverse",
-    "orthogonalize",
     "posterior_factors",
     "posterior_matvec",
     "posterior_system",
@@ -76,21 +79,20 @@ class PosteriorSystem(NamedTuple):
 
 
 def posterior_system(
-    S: Tensor, Y: Tensor, mean: Tensor, width: Tensor, noise: Tensor
+    SS: Tensor, SY: Tensor, mean: Tensor, width: Tensor, noise: Tensor
 ) -> PosteriorSystem:
     """Form the :math:`m \\times m` matrices of the posterior of eqs. (9), (11), (12).
 
     Args:
-        S: directions, shape ``(m, n)``.
-        Y: observations :math:`y_i = \\tilde B s_i`, shape ``(m, n)``.
+        SS: :math:`S S^\\top`; SY: :math:`S Y^\\top` (any floating dtype).
         mean: :math:`b_0`; width: :math:`w_0`; noise: :math:`\\lambda_0` (0-dim tensors).
 
-    A zero direction (a tensor whose gradient vanished) gets a unit diagonal in
-    :math:`M`, so that it contributes nothing instead of making :math:`M` singular.
+    A zero direction (nothing new to observe, or a tensor whose gradient
+    vanished) gets a unit diagonal in :math:`M`, so that it contributes nothing
+    instead of making :math:`M` singular.
     """
-    dtype = accumulation_dtype(S.device)
-    SS = (S @ S.T).to(dtype)
-    SY = (S @ Y.T).to(dtype)
+    dtype = accumulation_dtype(SS.device)
+    SS, SY = SS.to(dtype), SY.to(dtype)
     diag = SS.diagonal()
     noise_diag = torch.where(diag > 0, noise.to(dtype) ** 2 * diag, torch.ones_like(diag))
     M = width.to(dtype) ** 2 * SS + torch.diag_embed(noise_diag)
@@ -100,7 +102,7 @@ def posterior_system(
 def posterior_factors(S: Tensor, Y: Tensor, system: PosteriorSystem) -> Tensor:
     """Return the rows of :math:`X = M^{-1}(Y - b_0 S)`, shape ``(m, n)``, in ``S``'s dtype."""
     D = Y - system.mean.to(S.dtype) * S
-    return torch.linalg.solve(system.M, D.to(system.M.dtype)).to(S.dtype)
+    return (torch.linalg.inv(system.M).to(S.dtype)) @ D
 
 
 def posterior_matvec(x: Tensor, S: Tensor, Y: Tensor, system: PosteriorSystem) -> Tensor:
@@ -108,7 +110,14 @@ def posterior_matvec(x: Tensor, S: Tensor, Y: Tensor, system: PosteriorSystem) -
     b0 = system.mean
     coef = torch.linalg.solve(system.M, (S @ x).to(b0.dtype)) * system.width**2
     coef = coef.to(x.dtype)
-    return b0.to(x.dtype) * x + Y.T @ coef - b0.to(x.dtype) * (S.T @ coef)
+    return b0.to(x.dtype) * x + Y.mT @ coef - b0.to(x.dtype) * (S.mT @ coef)
+
+
+def _inverse_coefficients(system: PosteriorSystem, Sg: Tensor) -> Tensor:
+    """:math:`z` of the inversion lemma (module docstring) for :math:`S g`."""
+    b0 = system.mean
+    Z = b0 / system.width**2 * system.M + system.SY - b0 * system.SS
+    return torch.linalg.solve(Z, Sg)
 
 
 def apply_inverse(g: Tensor, S: Tensor, Y: Tensor, system: PosteriorSystem) -> Tensor:
@@ -117,40 +126,52 @@ def apply_inverse(g: Tensor, S: Tensor, Y: Tensor, system: PosteriorSystem) -> T
     ``g`` is flat with ``n`` elements; with no observations (``m = 0``) this is
     :math:`g / b_0`.
     """
-    b0 = system.mean
+    b0 = system.mean.to(g.dtype)
     if S.shape[0] == 0:
-        return g / b0.to(g.dtype)
-    Z = b0 / system.width**2 * system.M + system.SY - b0 * system.SS
-    z = torch.linalg.solve(Z, (S @ g).to(b0.dtype)).to(g.dtype)
-    b0g = b0.to(g.dtype)
-    return (g - Y.T @ z + b0g * (S.T @ z)) / b0g
-
-
-def orthogonalize(s: Tensor, S: Tensor, tol: float = 1e-3) -> Tensor:
-    """Remove from ``s`` its components along the rows of ``S`` and restore its length.
-
-    Classical Gram-Schmidt applied twice (numerically as good as modified
-    Gram-Schmidt for one vector). The rows of ``S`` are assumed mutually
-    orthogonal (as the directions this module produces are); zero rows are
-    ignored. If less than ``tol`` of ``s`` is new, ``s`` is returned unchanged:
-    the posterior's noise term keeps the system regular in that case. No host
-    synchronisation.
-    """
-    if S.shape[0] == 0:
-        return s
-    sq = (S * S).sum(1)
-    inv = torch.where(sq > 0, 1.0 / sq, torch.zeros_like(sq))
-    r = s
-    for _ in range(2):
-        r = r - S.T @ ((S @ r) * inv)
-    n0, n1 = s.norm(), r.norm()
-    keep = n1 > tol * n0
-    return torch.where(keep, r * (n0 / torch.where(keep, n1, torch.ones_like(n1))), s)
+        return g / b0
+    z = _inverse_coefficients(system, (S @ g).to(system.M.dtype)).to(g.dtype)
+    return (g - Y.mT @ z + b0 * (S.mT @ z)) / b0
 
 
 def active_direction(
-    g: Tensor, S: Tensor, Y: Tensor, system: PosteriorSystem, orthogonal: bool = True
+    g: Tensor,
+    S: Tensor,
+    Y: Tensor,
+    system: PosteriorSystem,
+    orthogonal: bool = True,
+    tol: float = 1e-3,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """The next direction to observe, :math:`s = -\\hat B^{-1} g` (paper eq. 16), optionally orthogonalised."""
-    s = -apply_inverse(g, S, Y, system)
-    return orthogonalize(s, S) if orthogonal else s
+    """The next direction to observe, :math:`s = -\\hat B^{-1} g` (paper eq. 16).
+
+    With ``orthogonal=True`` (rows of ``S`` mutually orthogonal) the components
+    along the rows of ``S`` are removed and the rest is rescaled to
+    :math:`\\lVert s \\rVert`; if less than ``tol`` of :math:`s` is new, the
+    direction is zero (there is nothing new to observe). Written into ``out`` if
+    given; no host synchronisation.
+    """
+    b0 = system.mean
+    m = S.shape[0]
+    dtype = g.dtype
+    out = torch.empty_like(g) if out is None else out
+    torch.mul(g, (-1.0 / b0).to(dtype), out=out)  # -g / b0
+    if m == 0:
+        return out
+    Sg = (S @ g).to(b0.dtype)
+    z = _inverse_coefficients(system, Sg)
+    s_coef = z  # s = -g/b0 + Y'z/b0 - S'z
+    if orthogonal:
+        # S s = (-S g + SY z - b0 SS z) / b0; the projection of s on the rows of S
+        Ss = (-Sg + system.SY @ z - b0 * (system.SS @ z)) / b0
+        diag = system.SS.diagonal()
+        proj = torch.where(diag > 0, Ss / torch.where(diag > 0, diag, torch.ones_like(diag)), torch.zeros_like(Ss))
+        s_coef = z + proj
+    out.addmv_(Y.mT, (z / b0).to(dtype))
+    out.addmv_(S.mT, (-s_coef).to(dtype))
+    if orthogonal:
+        new = torch.linalg.vector_norm(out).to(b0.dtype)
+        total = torch.sqrt(new**2 + proj @ system.SS @ proj)
+        keep = new > tol * total
+        out.mul_(torch.where(keep, total / torch.where(keep, new, torch.ones_like(new)), torch.zeros_like(new))
+                 .to(dtype))
+    return out

@@ -85,11 +85,12 @@ def curvature_sums(probes: Sequence[Tensor], hvps: Sequence[Tensor]) -> Tensor:
         tensor([6., 8., 5.], dtype=torch.float64)
     """
     dtype = accumulation_dtype(probes[0].device)
-    rows = [
-        torch.stack((torch.dot(v.reshape(-1), h.reshape(-1)), h.norm() ** 2, v.norm() ** 2))
-        for v, h in zip(probes, hvps, strict=True)
-    ]
-    return torch.stack(rows).to(dtype).sum(0)
+    device = probes[0].device
+    rows = []
+    for v, h in zip(probes, hvps, strict=True):
+        v, h = v.reshape(-1), h.reshape(-1)
+        rows.append(torch.stack((torch.dot(v, h), torch.dot(h, h), torch.dot(v, v))).to(device, dtype))
+    return torch.stack(rows).sum(0)
 
 
 def noise_sums(
@@ -106,11 +107,12 @@ def noise_sums(
         tensor([1., 2.], dtype=torch.float64)
     """
     dtype = accumulation_dtype(probes[0].device)
-    rows = [
-        torch.stack(((hb - ha).norm() ** 2, v.numel() * v.norm() ** 2))
-        for v, ha, hb in zip(probes, first_hvps, second_hvps, strict=True)
-    ]
-    return torch.stack(rows).to(dtype).sum(0)
+    device = probes[0].device
+    rows = []
+    for v, ha, hb in zip(probes, first_hvps, second_hvps, strict=True):
+        d, v = (hb - ha).reshape(-1), v.reshape(-1)
+        rows.append(torch.stack((torch.dot(d, d), v.numel() * torch.dot(v, v))).to(device, dtype))
+    return torch.stack(rows).sum(0)
 
 
 def estimate_prior(

@@ -1,0 +1,177 @@
+"""Time per epoch of the Preconditioner variants relative to SGD, measured side by side.
+
+Shapes of the thesis's Experiment 2 and of cifar10_3c3d, on synthetic data:
+
+* ``mlp``: mnist_mlp (784-1000-500-100-10, ReLU), batch 128, 390 steps per epoch;
+* ``cnn``: cifar10_3c3d (3 conv + 3 dense layers, TF 'same'/'valid' padding as in
+  DeepOBS), batch 128, 312 steps per epoch. Its epochs are long on a CPU, so by
+  default the whole estimation phase and a sample of optimization steps are timed
+  and extrapolated to 312 steps (``--cnn-full`` times whole epochs).
+
+Every epoch starts a fresh estimation cycle (``start_estimate()``) and uses the
+training loop the library documents (``create_graph=opt.create_graph``). The
+candidates run interleaved, in a rotating order, in one process; each repetition
+gives one ratio per candidate against the SGD epoch of the same repetition, and
+the script prints the median and the quartiles of those ratios, for wall-clock
+and for process CPU time. It also prints the optimizer's state in floats per
+parameter element (besides the inner optimizer's) in each phase.
+
+    python benchmarks/overhead.py                 # both models, 5 repetitions
+    python benchmarks/overhead.py --model mlp --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from probprec import AdaptiveSGD, OnlyAdaptiveSGD, PreconditionedSGD
+
+TARGETS = {
+    "mlp": {"PreconditionedSGD": 1.15, "AdaptiveSGD": 1.08, "OnlyAdaptiveSGD": 1.06},
+    "cnn": {"PreconditionedSGD": 1.10},
+}
+
+
+def mnist_mlp() -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 500), nn.ReLU(),
+        nn.Linear(500, 100), nn.ReLU(), nn.Linear(100, 10),
+    )
+
+
+def cifar_3c3d() -> nn.Module:
+    # DeepOBS's cifar10_3c3d: conv 5x5 valid, pool 3/2 same, conv 3x3 valid, pool, conv 3x3 same, pool.
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 5), nn.ReLU(), nn.ZeroPad2d((0, 1, 0, 1)), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 96, 3), nn.ReLU(), nn.ZeroPad2d((0, 1, 0, 1)), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 128, 3, padding=1), nn.ReLU(), nn.ZeroPad2d((0, 1, 0, 1)), nn.MaxPool2d(3, 2),
+        nn.Flatten(), nn.Linear(1152, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10),
+    )
+
+
+MODELS = {"mlp": (mnist_mlp, (1, 28, 28), 390), "cnn": (cifar_3c3d, (3, 32, 32), 312)}
+
+CANDIDATES: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
+    "SGD": lambda p: torch.optim.SGD(p, lr=0.01),
+    "PreconditionedSGD": lambda p: PreconditionedSGD(p),
+    "AdaptiveSGD": lambda p: AdaptiveSGD(p),
+    "OnlyAdaptiveSGD": lambda p: OnlyAdaptiveSGD(p),
+}
+
+
+def batches(shape, batch_size, count=20, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch_size, *shape, generator=gen), torch.randint(0, 10, (batch_size,), generator=gen))
+            for _ in range(count)]
+
+
+def train_steps(model, opt, data, steps):
+    create = hasattr(opt, "create_graph")
+    for t in range(steps):
+        x, y = data[t % len(data)]
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward(create_graph=opt.create_graph if create else False)
+        opt.step()
+
+
+def time_epoch(name, model_name, data, steps, sample):
+    """Seconds (wall, CPU) of one epoch of ``steps`` steps; extrapolated when ``sample`` is set."""
+    make_model, _, _ = MODELS[model_name]
+    torch.manual_seed(0)
+    model = make_model()
+    opt = CANDIDATES[name](list(model.parameters()))
+    train_steps(model, opt, data, 3)  # warm-up: allocations, first cycle
+    if hasattr(opt, "start_estimate"):
+        opt.start_estimate()
+    if sample is None:
+        w0, c0 = time.perf_counter(), time.process_time()
+        train_steps(model, opt, data, steps)
+        return time.perf_counter() - w0, time.process_time() - c0
+    # estimation phase (until the optimizer switches to optimizing) plus `sample` steps
+    held = 0
+    w0, c0 = time.perf_counter(), time.process_time()
+    while getattr(opt, "create_graph", False):
+        train_steps(model, opt, data, 1)
+        held += 1
+    w1, c1 = time.perf_counter(), time.process_time()
+    train_steps(model, opt, data, sample)
+    w2, c2 = time.perf_counter(), time.process_time()
+    rest = steps - held
+    return (w1 - w0) + (w2 - w1) * rest / sample, (c1 - c0) + (c2 - c1) * rest / sample
+
+
+def state_floats(model_name):
+    """Floats per parameter element in the optimizer's own state, by phase (max over the phase)."""
+    make_model, shape, _ = MODELS[model_name]
+    torch.manual_seed(0)
+    model = make_model()
+    opt = PreconditionedSGD(model.parameters())
+    n = sum(p.numel() for p in model.parameters())
+    data = batches(shape, 32, count=4)
+    worst: dict[str, float] = {}
+    for _ in range(opt.prior_iterations + opt.num_observations + 3):
+        phase = opt.phase
+        train_steps(model, opt, data, 1)
+        floats = sum(v.numel() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+        worst[phase] = max(worst.get(phase, 0.0), floats / n)
+    return worst, opt
+
+
+def quartiles(values):
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return q[0], statistics.median(values), q[2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["mlp", "cnn", "both"], default="both")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=None, help="steps per epoch (default: the problem's)")
+    parser.add_argument("--cnn-sample", type=int, default=40, help="optimization steps timed on the cnn")
+    parser.add_argument("--cnn-full", action="store_true", help="time whole cnn epochs")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for model_name in (["mlp", "cnn"] if args.model == "both" else [args.model]):
+        _, shape, default_steps = MODELS[model_name]
+        steps = args.steps or default_steps
+        sample = None if model_name == "mlp" or args.cnn_full else args.cnn_sample
+        names = ["SGD", *TARGETS[model_name]]
+        data = batches(shape, 128)
+        ratios: dict[str, dict[str, list[float]]] = {n: {"wall": [], "cpu": []} for n in names[1:]}
+        sgd_times = []
+        for rep in range(args.repeats):
+            order = names[rep % len(names):] + names[:rep % len(names)]
+            times = {name: time_epoch(name, model_name, data, steps, sample) for name in order}
+            sgd_times.append(times["SGD"][0])
+            for name in names[1:]:
+                ratios[name]["wall"].append(times[name][0] / times["SGD"][0])
+                ratios[name]["cpu"].append(times[name][1] / times["SGD"][1])
+            print(f"  [{model_name}] repetition {rep + 1}/{args.repeats}: " + ", ".join(
+                f"{n} {times[n][0] / times['SGD'][0]:.3f}" for n in names[1:]), flush=True)
+        how = "whole epochs" if sample is None else f"estimation + {sample} sampled steps, extrapolated"
+        print(f"\n{model_name}: {steps} steps per epoch, batch 128, {args.repeats} repetitions ({how}); "
+              f"SGD epoch median {statistics.median(sgd_times):.1f} s wall")
+        print(f"  {'optimizer':<20}{'wall ratio (q1, median, q3)':>32}{'CPU ratio (q1, median, q3)':>32}"
+              f"{'target':>9}")
+        for name in names[1:]:
+            w, c = quartiles(ratios[name]["wall"]), quartiles(ratios[name]["cpu"])
+            print(f"  {name:<20}{w[0]:>12.3f}{w[1]:>10.3f}{w[2]:>10.3f}{c[0]:>12.3f}{c[1]:>10.3f}{c[2]:>10.3f}"
+                  f"{TARGETS[model_name][name]:>9.2f}")
+        worst, opt = state_floats(model_name)
+        k, K = opt.est_rank, opt.num_observations
+        print(f"  optimizer state, floats per parameter (besides the inner optimizer's): "
+              + ", ".join(f"{phase} {value:.2f}" for phase, value in worst.items())
+              + f"; bounds: estimating {2 * K + k + 4}, optimizing {k + 2}\n")
+
+
+if __name__ == "__main__":
+    main()

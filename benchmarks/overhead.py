@@ -32,10 +32,17 @@ import torch
 from torch import nn
 
 from probprec import AdaptiveSGD, OnlyAdaptiveSGD, PreconditionedSGD
+from probprec.hvp import hessian_vector_product
 
 TARGETS = {
     "mlp": {"PreconditionedSGD": 1.15, "AdaptiveSGD": 1.08, "OnlyAdaptiveSGD": 1.06},
     "cnn": {"PreconditionedSGD": 1.10},
+}
+# Reference rows, printed without a target: what the HVPs alone cost, and the preconditioner
+# applied along every estimated direction of positive curvature (the paper's rule), its worst case.
+REFERENCES = {
+    "mlp": ["HVP floor (14 HVPs)", "HVP floor (10 HVPs)", "PreconditionedSGD, all applied"],
+    "cnn": ["HVP floor (14 HVPs)", "PreconditionedSGD, all applied"],
 }
 
 
@@ -58,8 +65,38 @@ def cifar_3c3d() -> nn.Module:
 
 MODELS = {"mlp": (mnist_mlp, (1, 28, 28), 390), "cnn": (cifar_3c3d, (3, 32, 32), 312)}
 
+class HVPFloor(torch.optim.SGD):
+    """The cost of the Hessian-vector products alone: SGD that spends the first ``hvps`` steps of
+    each cycle computing one HVP along the gradient (the library's own HVP path) and nothing else."""
+
+    def __init__(self, params, hvps: int):
+        super().__init__(params, lr=0.01)
+        self.hvps, self.count = hvps, 0
+
+    @property
+    def create_graph(self) -> bool:
+        return self.count < self.hvps
+
+    def start_estimate(self) -> None:
+        self.count = 0
+
+    def step(self, closure=None):
+        if self.count < self.hvps:
+            self.count += 1
+            params = [p for g in self.param_groups for p in g["params"]]
+            grads = [p.grad for p in params]
+            hessian_vector_product(params, grads, [g.detach() for g in grads])
+            for p in params:
+                p.grad = p.grad.detach()
+            return None
+        return super().step(closure)
+
+
 CANDIDATES: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
     "SGD": lambda p: torch.optim.SGD(p, lr=0.01),
+    "HVP floor (14 HVPs)": lambda p: HVPFloor(p, 14),
+    "HVP floor (10 HVPs)": lambda p: HVPFloor(p, 10),
+    "PreconditionedSGD, all applied": lambda p: PreconditionedSGD(p, lr=0.01, step_rule="paper"),
     "PreconditionedSGD": lambda p: PreconditionedSGD(p),
     "AdaptiveSGD": lambda p: AdaptiveSGD(p),
     "OnlyAdaptiveSGD": lambda p: OnlyAdaptiveSGD(p),
@@ -94,7 +131,7 @@ def time_epoch(name, model_name, data, steps, sample):
     if sample is None:
         w0, c0 = time.perf_counter(), time.process_time()
         train_steps(model, opt, data, steps)
-        return time.perf_counter() - w0, time.process_time() - c0
+        return time.perf_counter() - w0, time.process_time() - c0, applied(opt)
     # estimation phase (until the optimizer switches to optimizing) plus `sample` steps
     held = 0
     w0, c0 = time.perf_counter(), time.process_time()
@@ -105,7 +142,15 @@ def time_epoch(name, model_name, data, steps, sample):
     train_steps(model, opt, data, sample)
     w2, c2 = time.perf_counter(), time.process_time()
     rest = steps - held
-    return (w1 - w0) + (w2 - w1) * rest / sample, (c1 - c0) + (c2 - c1) * rest / sample
+    return (w1 - w0) + (w2 - w1) * rest / sample, (c1 - c0) + (c2 - c1) * rest / sample, applied(opt)
+
+
+def applied(opt) -> str:
+    """How many directions the preconditioner rescales, out of how many tensors."""
+    if not hasattr(opt, "get_log"):
+        return ""
+    counts = opt.get_log()["preconditioned"]
+    return f"{sum(counts)} directions in {sum(c > 0 for c in counts)}/{len(counts)} tensors"
 
 
 def state_floats(model_name):
@@ -118,9 +163,9 @@ def state_floats(model_name):
     data = batches(shape, 32, count=4)
     worst: dict[str, float] = {}
     for _ in range(opt.prior_iterations + opt.num_observations + 3):
-        phase = opt.phase
         train_steps(model, opt, data, 1)
         floats = sum(v.numel() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+        phase = "estimating" if opt.phase != "optimize" else "optimizing"
         worst[phase] = max(worst.get(phase, 0.0), floats / n)
     return worst, opt
 
@@ -144,14 +189,16 @@ def main() -> None:
         _, shape, default_steps = MODELS[model_name]
         steps = args.steps or default_steps
         sample = None if model_name == "mlp" or args.cnn_full else args.cnn_sample
-        names = ["SGD", *TARGETS[model_name]]
+        names = ["SGD", *TARGETS[model_name], *REFERENCES[model_name]]
         data = batches(shape, 128)
         ratios: dict[str, dict[str, list[float]]] = {n: {"wall": [], "cpu": []} for n in names[1:]}
         sgd_times = []
+        notes: dict[str, str] = {}
         for rep in range(args.repeats):
             order = names[rep % len(names):] + names[:rep % len(names)]
             times = {name: time_epoch(name, model_name, data, steps, sample) for name in order}
             sgd_times.append(times["SGD"][0])
+            notes.update({name: times[name][2] for name in names})
             for name in names[1:]:
                 ratios[name]["wall"].append(times[name][0] / times["SGD"][0])
                 ratios[name]["cpu"].append(times[name][1] / times["SGD"][1])
@@ -160,17 +207,18 @@ def main() -> None:
         how = "whole epochs" if sample is None else f"estimation + {sample} sampled steps, extrapolated"
         print(f"\n{model_name}: {steps} steps per epoch, batch 128, {args.repeats} repetitions ({how}); "
               f"SGD epoch median {statistics.median(sgd_times):.1f} s wall")
-        print(f"  {'optimizer':<20}{'wall ratio (q1, median, q3)':>32}{'CPU ratio (q1, median, q3)':>32}"
+        print(f"  {'optimizer':<32}{'wall ratio (q1, median, q3)':>28}{'CPU ratio (q1, median, q3)':>32}"
               f"{'target':>9}")
         for name in names[1:]:
             w, c = quartiles(ratios[name]["wall"]), quartiles(ratios[name]["cpu"])
-            print(f"  {name:<20}{w[0]:>12.3f}{w[1]:>10.3f}{w[2]:>10.3f}{c[0]:>12.3f}{c[1]:>10.3f}{c[2]:>10.3f}"
-                  f"{TARGETS[model_name][name]:>9.2f}")
+            target = TARGETS[model_name].get(name)
+            print(f"  {name:<32}{w[0]:>8.3f}{w[1]:>10.3f}{w[2]:>10.3f}{c[0]:>12.3f}{c[1]:>10.3f}{c[2]:>10.3f}"
+                  + (f"{target:>9.2f}" if target else f"{'-':>9}") + (f"   ({notes[name]})" if notes[name] else ""))
         worst, opt = state_floats(model_name)
         k, K = opt.est_rank, opt.num_observations
         print(f"  optimizer state, floats per parameter (besides the inner optimizer's): "
               + ", ".join(f"{phase} {value:.2f}" for phase, value in worst.items())
-              + f"; bounds: estimating {2 * K + k + 4}, optimizing {k + 2}\n")
+              + f" (bounds: {2 * K + k + 4} and {k + 2})\n")
 
 
 if __name__ == "__main__":

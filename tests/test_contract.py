@@ -45,7 +45,7 @@ def fresh(make_opt, dtype=torch.float32):
 OPTIMIZERS = {
     "precond": lambda m: Preconditioner(m.parameters(), **KW),
     "momentum": lambda m: PreconditionedMomentum(m.parameters(), momentum=0.5, **KW),
-    "adam": lambda m: PreconditionedAdam(m.parameters(), **KW),
+    "adam": lambda m: PreconditionedAdam(m.parameters(), lr=0.01, **KW),
     "adaptive": lambda m: AdaptiveSGD(m.parameters(), **KW),
     "only_adaptive": lambda m: OnlyAdaptiveSGD(m.parameters(), **KW),
     "tuned": lambda m: PreconditionedTunedSGD(m.parameters(), lr=0.05, **KW),

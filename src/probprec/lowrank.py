@@ -49,7 +49,15 @@ from torch import Tensor
 from ._precision import accumulation_dtype
 from .posterior import PosteriorSystem, posterior_factors
 
-__all__ = ["LowRank", "posterior_eigen", "rayleigh_ritz"]
+__all__ = [
+    "LowRank",
+    "RitzCoefficients",
+    "orthonormalize_rows",
+    "posterior_eigen",
+    "rayleigh_ritz",
+    "ritz_coefficients",
+    "ritz_vectors",
+]
 
 
 class LowRank(NamedTuple):
@@ -86,14 +94,17 @@ def _orthonormal_basis(A: Tensor, rtol: float = 1e-5) -> tuple[Tensor, Tensor, T
 
 
 def _top_k(T: Tensor, keep: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Top-k eigenpairs of the symmetric part of ``T`` restricted to the rows and columns in ``keep``."""
-    mask = keep[:, None] & keep[None, :]
+    """Top-k eigenpairs of the symmetric part of ``T`` restricted to the rows and columns in ``keep``.
+
+    Batched over leading dimensions.
+    """
+    mask = keep[..., :, None] & keep[..., None, :]
     T = torch.where(mask, 0.5 * (T + T.mT), torch.zeros_like(T))
-    floor = -2.0 * (T.norm() + 1.0)
-    T = T + torch.diag_embed(torch.where(keep, torch.zeros_like(floor), floor))
+    floor = -2.0 * (torch.linalg.matrix_norm(T) + 1.0)
+    T = T + torch.diag_embed(torch.where(keep, torch.zeros_like(T[..., 0]), floor[..., None]))
     evals, evecs = torch.linalg.eigh(T)
-    evals, evecs = evals.flip(0)[:k], evecs.flip(1)[:, :k]
-    return evals, evecs, evals > 0.5 * floor
+    evals, evecs = evals.flip(-1)[..., :k], evecs.flip(-1)[..., :k]
+    return evals, evecs, evals > 0.5 * floor[..., None]
 
 
 def _fix_signs(U: Tensor) -> Tensor:
@@ -102,7 +113,7 @@ def _fix_signs(U: Tensor) -> Tensor:
     return U * torch.where(high >= -low, 1.0, -1.0).to(U.dtype)[:, None]
 
 
-def _orthonormalize_rows(U: Tensor) -> tuple[Tensor, Tensor]:
+def orthonormalize_rows(U: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric (Löwdin) orthonormalisation of nearly orthonormal rows; zero rows stay zero.
 
     Removes the rounding that a float32 Gram matrix leaves in the Ritz vectors,
@@ -119,33 +130,63 @@ def _orthonormalize_rows(U: Tensor) -> tuple[Tensor, Tensor]:
     return ((Q * inv_sqrt) @ Q.mT).to(U.dtype) @ U, finite
 
 
-def rayleigh_ritz(S: Tensor, SS: Tensor, SY: Tensor, k: int, rtol: float = 1e-3) -> LowRank:
-    r"""Top-k Ritz pairs of the curvature on span(S), from the Gram matrices (module docstring).
+class RitzCoefficients(NamedTuple):
+    """Ritz values and the combinations of the directions that give the Ritz vectors (float64)."""
 
-    The thin SVD of :math:`S^\top` comes from :math:`S S^\top = V \Sigma^2 V^\top`, so
-    :math:`W = S^\top V \Sigma^{-1}` and :math:`T = \Sigma^{-1} V^\top (S Y^\top) V
-    \Sigma^{-1}` need no pass over the :math:`n`-dimensional data; only the Ritz
-    vectors :math:`U = Z^\top \Sigma^{-1} V^\top S` do.
+    eigvals: Tensor
+    """:math:`\sigma_j`, shape ``(..., k)``, decreasing."""
+    coefficients: Tensor
+    """:math:`C = Z^\top \Sigma^{-1} V^\top`, shape ``(..., k, m)``: :math:`U = C S`."""
+    valid: Tensor
+    """Bool ``(..., k)``."""
+
+
+def ritz_coefficients(SS: Tensor, SY: Tensor, k: int, rtol: float = 1e-3) -> RitzCoefficients:
+    r"""Rayleigh-Ritz on span(S) from the Gram matrices alone; batched over leading dimensions.
+
+    The thin SVD of :math:`S^	op` comes from :math:`S S^	op = V \Sigma^2 V^	op`, so
+    :math:`W = S^	op V \Sigma^{-1}` and the projected matrix
+    :math:`T = \Sigma^{-1} V^	op (S Y^	op) V \Sigma^{-1} = Z \operatorname{diag}(\sigma) Z^	op`
+    need no pass over the :math:`n`-dimensional data; the Ritz vectors are
+    :math:`U = Z^	op \Sigma^{-1} V^	op S` (:func:`rayleigh_ritz`).
+
+    Args:
+        SS: :math:`S S^	op`, ``(..., m, m)``; SY: :math:`S Y^	op` with :math:`y_i`
+            the noisy curvature products along :math:`s_i`.
+        k: number of pairs; ``min(k, m)`` are returned.
+        rtol: directions with singular value below ``rtol`` times the largest are
+            dropped (a float32 Gram matrix resolves about ``sqrt(eps)``).
+    """
+    small = accumulation_dtype(SS.device)
+    SS, SY = SS.to(small), SY.to(small)
+    evals, V = torch.linalg.eigh(SS)
+    evals, V = evals.flip(-1), V.flip(-1)
+    sv = evals.clamp_min(0).sqrt()
+    keep = sv > rtol * sv[..., :1].clamp_min(torch.finfo(small).tiny)
+    inv = torch.where(keep, 1.0 / torch.where(keep, sv, torch.ones_like(sv)), torch.zeros_like(sv))
+    Vs = V * inv[..., None, :]
+    eigvals, Z, valid = _top_k(Vs.mT @ SY @ Vs, keep, min(k, SS.shape[-1]))
+    return RitzCoefficients(eigvals, Z.mT @ Vs.mT, valid)
+
+
+def ritz_vectors(coefficients: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
+    """Ritz vectors :math:`U = C S` of one tensor, orthonormalised and sign-fixed; and whether they are finite."""
+    U, finite = orthonormalize_rows(coefficients.to(S.dtype) @ S)
+    return _fix_signs(U), finite
+
+
+def rayleigh_ritz(S: Tensor, SS: Tensor, SY: Tensor, k: int, rtol: float = 1e-3) -> LowRank:
+    """Top-k Ritz pairs of the curvature on span(S) of one tensor (module docstring, :func:`ritz_coefficients`).
 
     Args:
         S: directions, ``(m, n)``.
-        SS: :math:`S S^\top`; SY: :math:`S Y^\top` with :math:`y_i` the noisy
-            curvature products along :math:`s_i`.
+        SS: :math:`S S^\top`; SY: :math:`S Y^\top`.
         k: number of pairs; the result has ``min(k, m)`` rows.
-        rtol: directions with singular value below ``rtol`` times the largest are
-            dropped (the float32 Gram matrix resolves about ``sqrt(eps)``).
+        rtol: see :func:`ritz_coefficients`.
     """
-    small = accumulation_dtype(S.device)
-    SS, SY = SS.to(small), SY.to(small)
-    evals, V = torch.linalg.eigh(SS)
-    evals, V = evals.flip(0), V.flip(1)
-    sv = evals.clamp_min(0).sqrt()
-    keep = sv > rtol * sv[:1].clamp_min(torch.finfo(small).tiny)
-    inv = torch.where(keep, 1.0 / torch.where(keep, sv, torch.ones_like(sv)), torch.zeros_like(sv))
-    Vs = V * inv
-    evals, Z, valid = _top_k(Vs.mT @ SY @ Vs, keep, min(k, S.shape[0]))
-    U, finite = _orthonormalize_rows((Z.mT @ Vs.mT).to(S.dtype) @ S)
-    return LowRank(_fix_signs(U), evals, valid & finite)
+    ritz = ritz_coefficients(SS, SY, k, rtol)
+    U, finite = ritz_vectors(ritz.coefficients, S)
+    return LowRank(U, ritz.eigvals, ritz.valid & finite)
 
 
 def posterior_eigen(

@@ -20,7 +20,13 @@ from torch.optim import Optimizer
 from . import lowrank as _lowrank
 from .hvp import has_graph, hessian_vector_product
 from ._precision import accumulation_dtype
-from .posterior import PosteriorSystem, active_direction, posterior_system
+from .posterior import (
+    PosteriorSystem,
+    combine_direction,
+    direction_coefficients,
+    direction_scale,
+    posterior_system,
+)
 from .precondition import condition_gain, newton_factors, paper_factors, precondition
 from .prior import curvature_sums, estimate_prior, noise_sums
 
@@ -31,15 +37,14 @@ _STEP_RULES = ("newton", "paper")
 _EXTRACTIONS = ("ritz", "posterior")
 _OBSERVATIONS = ("next", "same")
 _MAX_EVENTS = 200
+_GROUP_TENSORS = ("curvature", "noise", "gram_ss", "gram_sy")  # per-group tensors in the state dict
 
 # Per-parameter state keys.
 _GRAD_SUM = "grad_sum"  # sum of the regularised prior gradients
 _PROBE = "probe"  # probe shared by a pair of prior minibatches
-_PROBE_HVP = "probe_hvp"  # HVP of the first minibatch of the pair
+_PROBE_HVP = "probe_hvp"  # HVP of the pair's first minibatch, then the pair's mean HVP
 _DIRECTIONS = "directions"  # (K, n) observed directions s_i
 _OBSERVATIONS_KEY = "observations"  # (K, n) their products y_i
-_GRAM_SS = "gram_ss"  # (K, K) S S', filled as directions arrive
-_GRAM_SY = "gram_sy"  # (K, K) S Y', filled as directions and observations arrive
 _EIGVECS = "eigvecs"  # (k', n) estimated top curvature directions, orthonormal rows
 _EIGVALS = "eigvals"  # (k',) their estimated curvatures, decreasing
 _FACTORS = "factors"  # (a,) c_j - 1 of the first a <= k' directions (the rescaled ones)
@@ -204,6 +209,7 @@ class Preconditioner(Optimizer):
         self.optim_class = optim_class
         self._inner_keys = tuple(optim_hyperparams)
         self._inner: Optimizer | None = None
+        self._plan: list[list[tuple[Tensor, Tensor | None, Tensor | None]]] | None = None
         self._cycle: dict[str, Any] = {}
         self._groups_state: list[dict[str, Any]] = []
         self._log: dict[str, Any] = {"events": [], "hvp_count": 0, "cycles_completed": 0}
@@ -242,12 +248,14 @@ class Preconditioner(Optimizer):
             _check_float("lr", group["lr"], positive=True)
         _check_float("weight_decay", group["weight_decay"], positive=False)
         self._groups_state.append({**self._fresh_group_state(active=False), "prior": None, "gain": 1.0})
+        self._plan = None
         if self._inner is not None:
             self._inner.add_param_group(self._inner_group(group))
 
     @staticmethod
     def _fresh_group_state(active: bool) -> dict[str, Any]:
-        return {"active": active, "posterior": False, "curvature": None, "noise": None}
+        return {"active": active, "posterior": False, "curvature": None, "noise": None, "gram_ss": None,
+                "gram_sy": None}
 
     # ------------------------------------------------------------- public API
 
@@ -270,11 +278,12 @@ class Preconditioner(Optimizer):
         """
         for p in self._all_params():
             state = self.state[p]
-            for key in (_GRAD_SUM, _PROBE, _PROBE_HVP, _DIRECTIONS, _OBSERVATIONS_KEY, _GRAM_SS, _GRAM_SY,
-                        _EIGVECS, _EIGVALS, _FACTORS):
+            for key in (_GRAD_SUM, _PROBE, _PROBE_HVP, _DIRECTIONS, _OBSERVATIONS_KEY, _EIGVECS, _EIGVALS,
+                        _FACTORS):
                 state.pop(key, None)
         for gs in self._groups_state:
             gs.update(self._fresh_group_state(active=True))
+        self._plan = None
         self._cycle = {"phase": "prior", "step": 0, "index": self._cycle.get("index", -1) + 1,
                        "observed": 0, "optimize_steps": 0}
 
@@ -370,8 +379,8 @@ class Preconditioner(Optimizer):
         groups_state = []
         for gs in self._groups_state:
             gs = dict(gs)
-            for key in ("curvature", "noise"):
-                if gs[key] is not None:
+            for key in _GROUP_TENSORS:
+                if gs.get(key) is not None:
                     gs[key] = gs[key].clone()
             gs["prior"] = copy.deepcopy(gs["prior"])
             groups_state.append(gs)
@@ -390,14 +399,15 @@ class Preconditioner(Optimizer):
         extra = state_dict.pop("probprec", None)
         inner = state_dict.pop("inner", None)
         super().load_state_dict(state_dict)
+        self._plan = None
         if extra is not None:
             self._cycle = dict(extra["cycle"])
             self._groups_state = []
             for group, gs in zip(self.param_groups, extra["groups"], strict=True):
                 gs = dict(gs)
                 device = group["params"][0].device if group["params"] else None
-                for key in ("curvature", "noise"):
-                    if gs[key] is not None and device is not None:
+                for key in _GROUP_TENSORS:
+                    if gs.get(key) is not None and device is not None:
                         gs[key] = gs[key].to(device)
                 self._groups_state.append(gs)
             self._log = copy.deepcopy(extra["log"])
@@ -408,7 +418,7 @@ class Preconditioner(Optimizer):
     _OWN_ATTRIBUTES = (
         "est_rank", "num_observations", "prior_iterations", "step_rule", "beta", "extraction",
         "observe", "orthogonalize", "noise_floor", "restart_interval", "build_preconditioner",
-        "apply_preconditioner", "optim_class", "_inner_keys", "_inner", "_cycle", "_groups_state", "_log",
+        "apply_preconditioner", "optim_class", "_inner_keys", "_inner", "_plan", "_cycle", "_groups_state", "_log",
     )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -518,9 +528,22 @@ class Preconditioner(Optimizer):
             self._posterior_step(loss)
 
     # -- prior
+    #
+    # The prior minibatches are probed in pairs that share a probe (0, 1), (2, 3), ...
+    # so that the difference of their HVPs measures the noise. The final group (the
+    # last pair, or the last step when P is odd) probes along the mean of the
+    # earlier gradients instead: that probe, scaled by -alpha, is the first active
+    # direction s_0 (paper Alg. 1, line 2), and the mean HVP of the final group is
+    # its observation y_0, taken on minibatches after the ones it was built from.
+    # So the prior's P HVPs also give the first of the K observations.
+
+    def _final_start(self) -> int:
+        P = self.prior_iterations
+        return P - 2 if P % 2 == 0 else P - 1
 
     def _prior_step(self, loss: Any) -> None:
         t = self._cycle["step"]
+        final_start = self._final_start()
         first_of_pair = t % 2 == 0
         participants = self._participants(posterior=False)
         params = [p for _, _, ps in participants for p in ps]
@@ -531,24 +554,26 @@ class Preconditioner(Optimizer):
             for p in ps:
                 state = self.state[p]
                 v = self._regularised_grad(p, group["weight_decay"])
-                state[_GRAD_SUM] = v.clone() if _GRAD_SUM not in state else state[_GRAD_SUM].add_(v)
-                if first_of_pair or _PROBE not in state:
+                if t < final_start:
+                    state[_GRAD_SUM] = v.clone() if _GRAD_SUM not in state else state[_GRAD_SUM].add_(v)
+                if t == final_start:
+                    grad_sum = state.pop(_GRAD_SUM, None)
+                    state[_PROBE] = v.clone() if grad_sum is None else grad_sum.div_(final_start)
+                elif first_of_pair or _PROBE not in state:
                     state[_PROBE] = v.clone()
                 probes.append(state[_PROBE])
         hvps = self._hvp(params, probes)
         checks = []
-        index = 0
+        offset = 0
         for i, group, ps in participants:
-            n = len(ps)
-            if n == 0:
+            v_g, h_g = probes[offset:offset + len(ps)], hvps[offset:offset + len(ps)]
+            offset += len(ps)
+            if not ps:
                 continue
-            v_g, h_g = probes[index:index + n], hvps[index:index + n]
-            index += n
             wd = group["weight_decay"]
             if wd:
-                h_g = [h.add(v, alpha=wd) for h, v in zip(h_g, v_g, strict=True)]
+                h_g = [h.add_(v, alpha=wd) for h, v in zip(h_g, v_g, strict=True)]
             checks.append(self._accumulate_prior(i, ps, v_g, h_g, first_of_pair))
-            checks.extend(v.norm() for v in v_g)
         reason = self._all_finite(loss, checks)
         if reason is not None:
             self._restart_after(reason)
@@ -558,25 +583,26 @@ class Preconditioner(Optimizer):
             self._finish_prior()
 
     def _accumulate_prior(
-        self, index: int, ps: list[Tensor], probes: list[Tensor], hvps: list[Tensor],
-        first_of_pair: bool,
+        self, index: int, ps: list[Tensor], probes: list[Tensor], hvps: list[Tensor], first_of_pair: bool
     ) -> Tensor:
         gs = self._groups_state[index]
         curv = curvature_sums(probes, hvps)
         gs["curvature"] = curv if gs["curvature"] is None else gs["curvature"] + curv
         check = curv
-        if first_of_pair:
-            for p, h in zip(ps, hvps, strict=True):
-                self.state[p][_PROBE_HVP] = h
-        else:
-            pairs = [(v, self.state[p].get(_PROBE_HVP), h) for p, v, h in zip(ps, probes, hvps, strict=True)]
-            pairs = [(v, ha, hb) for v, ha, hb in pairs if ha is not None]
-            if pairs:
-                noise = noise_sums(*map(list, zip(*pairs, strict=True)))
-                gs["noise"] = noise if gs["noise"] is None else gs["noise"] + noise
-                check = torch.cat((curv, noise))
-            for p in ps:
-                self.state[p].pop(_PROBE_HVP, None)
+        pairs = []
+        for p, v, h in zip(ps, probes, hvps, strict=True):
+            state = self.state[p]
+            first = state.pop(_PROBE_HVP, None) if not first_of_pair else None
+            if first is None:
+                state[_PROBE_HVP] = h
+            else:
+                difference = first.sub_(h)
+                pairs.append((v, difference))
+                state[_PROBE_HVP] = h.add_(difference, alpha=0.5)  # mean of the pair's HVPs
+        if pairs:
+            noise = noise_sums([v for v, _ in pairs], [d for _, d in pairs])
+            gs["noise"] = noise if gs["noise"] is None else gs["noise"] + noise
+            check = torch.cat((curv, noise))
         return check
 
     def _finish_prior(self) -> None:
@@ -589,8 +615,7 @@ class Preconditioner(Optimizer):
                 self._event("skip", "no parameter of this group had a gradient during the prior", i)
                 continue
             est = estimate_prior(gs["curvature"], gs["noise"], self.noise_floor)
-            values = torch.stack((est.step_size, est.mean, est.width, est.noise)).tolist()
-            alpha, mean, width, noise = values
+            alpha, mean, width, noise = torch.stack((est.step_size, est.mean, est.width, est.noise)).tolist()
             gs["prior"] = {"step_size": alpha, "mean": mean, "width": width, "noise": noise,
                            "noise_measured": est.noise_measured}
             valid = math.isfinite(alpha) and alpha > 0 and math.isfinite(noise)
@@ -599,19 +624,22 @@ class Preconditioner(Optimizer):
                 group["step_size"] = alpha
             else:
                 self._step_size_fallback(i, group, alpha)
-        for p in self._all_params():
-            self.state[p].pop(_PROBE, None)
-            self.state[p].pop(_PROBE_HVP, None)
         missing = [i for i, (g, gs) in enumerate(zip(self.param_groups, self._groups_state, strict=True))
                    if g["adaptive_lr"] and g["step_size"] is None and gs["active"]]
         if missing:
             self._restart_after(f"no usable step size for group(s) {missing}")
             return
-        if any(gs["posterior"] for gs in self._groups_state):
-            self._cycle.update(phase="posterior", step=0, observed=0)
-            self._first_direction()
-        else:
+        posterior = self._posterior_groups()
+        for i, _ in posterior:
+            self._first_observation(i)
+        for p in self._all_params():
+            for key in (_GRAD_SUM, _PROBE, _PROBE_HVP):
+                self.state[p].pop(key, None)
+        self._cycle.update(phase="posterior", step=0, observed=1)
+        if not posterior or self.num_observations == 1:
             self._finish_estimate()
+        elif self.observe == "next":
+            self._form_directions(1)
 
     def _step_size_fallback(self, index: int, group: dict[str, Any], alpha: float) -> None:
         previous = group["step_size"]
@@ -630,104 +658,131 @@ class Preconditioner(Optimizer):
         )
 
     # -- posterior
+    #
+    # Per tensor: directions S and observations Y, (K, n) each, in the parameter's
+    # dtype. Per group: the Gram matrices S S' and S Y' of all its tensors, stacked
+    # (T, K, K) in float64, so that the small linear algebra runs batched.
 
-    def _posterior_params(self) -> list[tuple[int, dict[str, Any], list[Tensor]]]:
-        return [(i, g, list(g["params"])) for i, g, _ in self._participants(posterior=True)]
+    def _posterior_groups(self) -> list[tuple[int, dict[str, Any]]]:
+        return [(i, g) for i, (g, gs) in enumerate(zip(self.param_groups, self._groups_state, strict=True))
+                if gs["active"] and gs["posterior"]]
 
-    def _system(self, index: int, p: Tensor, m: int) -> PosteriorSystem:
-        """The posterior system of tensor ``p`` over its first ``m`` directions and observations."""
-        prior = self._groups_state[index]["prior"]
-        state = self.state[p]
-        SS, SY = state[_GRAM_SS][:m, :m], state[_GRAM_SY][:m, :m]
-        dtype = accumulation_dtype(SS.device)
-        b0, w0, lam = (torch.tensor(prior[k], dtype=dtype, device=SS.device) for k in ("mean", "width", "noise"))
+    def _group_system(self, index: int, m: int) -> PosteriorSystem:
+        """The batched posterior system of group ``index`` over its first ``m`` directions and observations."""
+        gs = self._groups_state[index]
+        SS, SY = gs["gram_ss"][:, :m, :m], gs["gram_sy"][:, :m, :m]
+        prior = gs["prior"]
+        b0, w0, lam = (torch.tensor(prior[k], dtype=SS.dtype, device=SS.device) for k in ("mean", "width", "noise"))
         return posterior_system(SS, SY, b0, w0, lam)
 
-    def _record_direction(self, p: Tensor, j: int) -> None:
-        """Extend the Gram matrices by direction ``j`` (observations ``0..j-1`` exist)."""
-        state = self.state[p]
-        S, Y = state[_DIRECTIONS], state[_OBSERVATIONS_KEY]
-        row = S[: j + 1] @ S[j]
-        state[_GRAM_SS][j, : j + 1] = row
-        state[_GRAM_SS][: j + 1, j] = row
-        if j:
-            state[_GRAM_SY][j, :j] = Y[:j] @ S[j]
-
-    def _record_observation(self, p: Tensor, j: int) -> None:
-        """Extend :math:`S Y^\\top` by observation ``j`` (directions ``0..j`` exist)."""
-        state = self.state[p]
-        state[_GRAM_SY][: j + 1, j] = state[_DIRECTIONS][: j + 1] @ state[_OBSERVATIONS_KEY][j]
-
-    def _first_direction(self) -> None:
-        """Set :math:`s_0 = -\\alpha \\bar g` from the mean regularised prior gradient."""
-        K = self.num_observations
-        for i, _, ps in self._posterior_params():
-            alpha = self._groups_state[i]["prior"]["step_size"]
-            for p in ps:
-                state = self.state[p]
-                state[_DIRECTIONS] = torch.empty((K, p.numel()), dtype=p.dtype, device=p.device)
-                state[_OBSERVATIONS_KEY] = torch.empty((K, p.numel()), dtype=p.dtype, device=p.device)
-                state[_GRAM_SS] = torch.zeros((K, K), dtype=p.dtype, device=p.device)
-                state[_GRAM_SY] = torch.zeros((K, K), dtype=p.dtype, device=p.device)
-                grad_sum = state.pop(_GRAD_SUM, None)
-                if grad_sum is None:
-                    state[_DIRECTIONS][0].zero_()
-                else:
-                    torch.mul(grad_sum, -alpha / self.prior_iterations, out=state[_DIRECTIONS][0])
-                self._record_direction(p, 0)
-        for p in self._all_params():
-            self.state[p].pop(_GRAD_SUM, None)
+    def _first_observation(self, index: int) -> None:
+        """Set :math:`s_0 = -\\alpha \\bar v` and :math:`y_0 = -\\alpha \\bar h` from the prior's final group."""
+        group, gs = self.param_groups[index], self._groups_state[index]
+        K, alpha = self.num_observations, gs["prior"]["step_size"]
+        params = group["params"]
+        device = params[0].device
+        small = accumulation_dtype(device)
+        gs["gram_ss"] = torch.zeros((len(params), K, K), dtype=small, device=device)
+        gs["gram_sy"] = torch.zeros((len(params), K, K), dtype=small, device=device)
+        entries = []
+        for p in params:
+            state = self.state[p]
+            S = state[_DIRECTIONS] = torch.empty((K, p.numel()), dtype=p.dtype, device=p.device)
+            Y = state[_OBSERVATIONS_KEY] = torch.empty((K, p.numel()), dtype=p.dtype, device=p.device)
+            probe, hvp = state.get(_PROBE), state.get(_PROBE_HVP)
+            if probe is None or hvp is None:
+                S[0].zero_()
+                Y[0].zero_()
+            else:
+                torch.mul(probe, -alpha, out=S[0])
+                torch.mul(hvp, -alpha, out=Y[0])
+            entries.append(torch.stack((torch.dot(S[0], S[0]), torch.dot(S[0], Y[0]))).to(device, small))
+        entries_t = torch.stack(entries)
+        gs["gram_ss"][:, 0, 0] = entries_t[:, 0]
+        gs["gram_sy"][:, 0, 0] = entries_t[:, 1]
 
     def _posterior_step(self, loss: Any) -> None:
-        m = self._cycle["step"]
-        groups = self._posterior_params()
+        j = self._cycle["observed"]
         checks: list[Tensor] = []
-        if self.observe == "same" and m > 0:
-            checks += self._new_directions(groups, m)
-        params = [p for _, _, ps in groups for p in ps]
-        with_grad = [p for p in params if p.grad is not None]
-        vectors = [self.state[p][_DIRECTIONS][m] for p in with_grad]
-        hvps = dict(zip(map(id, with_grad), self._hvp(with_grad, vectors), strict=True)) if with_grad else {}
-        for _, group, ps in groups:
-            wd = group["weight_decay"]
-            for p in ps:
-                state = self.state[p]
-                y = hvps.get(id(p))
-                if y is None:
-                    state[_OBSERVATIONS_KEY][m].zero_()
-                    self._record_observation(p, m)
-                    continue
-                if wd:
-                    y = y.add(state[_DIRECTIONS][m], alpha=wd)
-                state[_OBSERVATIONS_KEY][m] = y
-                self._record_observation(p, m)
-                checks.append(state[_GRAM_SY][m, m])
-                checks.append(p.grad.norm())  # type: ignore[union-attr]
-        if self.observe == "next" and m + 1 < self.num_observations:
-            checks += self._new_directions(groups, m + 1)
+        if self.observe == "same":
+            checks += self._form_directions(j)
+        checks += self._observe(j)
+        observed = j + 1
+        if self.observe == "next" and observed < self.num_observations:
+            checks += self._form_directions(observed)
+        elif observed == self.num_observations:
+            checks += [p.grad.norm() for p in self._all_params() if p.grad is not None]
         reason = self._all_finite(loss, checks)
         if reason is not None:
             self._restart_after(reason)
             return
-        self._cycle.update(step=m + 1, observed=m + 1)
-        if m + 1 == self.num_observations:
+        self._cycle.update(step=self._cycle["step"] + 1, observed=observed)
+        if observed == self.num_observations:
             self._finish_estimate()
 
-    def _new_directions(self, groups: list[tuple[int, dict[str, Any], list[Tensor]]], m: int) -> list[Tensor]:
-        """Set direction ``m`` of every tensor from this minibatch's gradient and the first ``m`` observations."""
+    def _observe(self, j: int) -> list[Tensor]:
+        """Observe direction ``j`` of every tensor on this minibatch (one HVP for all) and extend S Y'."""
+        groups = self._posterior_groups()
+        params = [p for _, g in groups for p in g["params"] if p.grad is not None]
+        hvps = dict(zip(map(id, params), self._hvp(params, [self.state[p][_DIRECTIONS][j] for p in params]),
+                        strict=True)) if params else {}
         checks = []
-        for i, group, ps in groups:
-            wd = group["weight_decay"]
-            for p in ps:
+        for i, group in groups:
+            gs, wd = self._groups_state[i], group["weight_decay"]
+            columns = []
+            for p in group["params"]:
                 state = self.state[p]
                 S, Y = state[_DIRECTIONS], state[_OBSERVATIONS_KEY]
-                if p.grad is None:
-                    S[m].zero_()
+                y = hvps.get(id(p))
+                if y is None:
+                    Y[j].zero_()
                 else:
-                    g = self._regularised_grad(p, wd)
-                    active_direction(g, S[:m], Y[:m], self._system(i, p, m), self.orthogonalize, out=S[m])
-                self._record_direction(p, m)
-                checks.append(state[_GRAM_SS][m, m])
+                    torch.add(y, S[j], alpha=wd, out=Y[j]) if wd else Y[j].copy_(y)
+                columns.append(S[: j + 1] @ Y[j])
+            column = torch.stack([c.to(gs["gram_sy"]) for c in columns])
+            gs["gram_sy"][:, : j + 1, j] = column
+            checks.append(column)
+        return checks
+
+    def _form_directions(self, j: int) -> list[Tensor]:
+        """Set direction ``j`` of every tensor from this minibatch's gradient and observations ``0..j-1``."""
+        checks = []
+        for i, group in self._posterior_groups():
+            gs, wd = self._groups_state[i], group["weight_decay"]
+            params = group["params"]
+            system = self._group_system(i, j)
+            small = system.M
+            grads = [None if p.grad is None else self._regularised_grad(p, wd) for p in params]
+            Sg = torch.stack([
+                (torch.zeros(j, device=small.device) if g is None else self.state[p][_DIRECTIONS][:j] @ g).to(small)
+                for p, g in zip(params, grads, strict=True)
+            ])
+            coef = direction_coefficients(system, Sg, self.orthogonalize)
+            norms = []
+            for t, (p, g) in enumerate(zip(params, grads, strict=True)):
+                state = self.state[p]
+                S, Y = state[_DIRECTIONS], state[_OBSERVATIONS_KEY]
+                if g is None:
+                    S[j].zero_()
+                else:
+                    combine_direction(g, S[:j], Y[:j], system.mean, (coef.observations[t], coef.directions[t]), S[j])
+                norms.append(torch.linalg.vector_norm(S[j]))
+            norm = torch.stack([x.to(small) for x in norms])
+            if self.orthogonalize:
+                scale = direction_scale(norm, coef.projected_sqnorm)
+                for t, p in enumerate(params):
+                    self.state[p][_DIRECTIONS][j].mul_(scale[t].to(p.dtype))
+                gs["gram_ss"][:, j, j] = (norm * scale) ** 2  # orthogonal to the earlier directions
+            else:
+                rows = torch.stack([(self.state[p][_DIRECTIONS][: j + 1] @ self.state[p][_DIRECTIONS][j]).to(small)
+                                    for p in params])
+                gs["gram_ss"][:, j, : j + 1] = rows
+                gs["gram_ss"][:, : j + 1, j] = rows
+            gs["gram_sy"][:, j, :j] = torch.stack([
+                (self.state[p][_OBSERVATIONS_KEY][:j] @ self.state[p][_DIRECTIONS][j]).to(small) for p in params
+            ])
+            checks.append(gs["gram_ss"][:, j, j])
+            checks.append(Sg.reshape(-1))
         return checks
 
     # -- extraction and switch
@@ -735,21 +790,28 @@ class Preconditioner(Optimizer):
     def _finish_estimate(self) -> None:
         """Extract the low-rank estimate (one host sync), set the preconditioner, and take the first step."""
         index_of = {id(p): j for j, p in enumerate(self._all_params())}
+        K = self.num_observations
         pending = []
-        for i, _, ps in self._posterior_params():
-            for p in ps:
+        for i, group in self._posterior_groups():
+            gs = self._groups_state[i]
+            if self.extraction == "ritz":
+                ritz = _lowrank.ritz_coefficients(gs["gram_ss"], gs["gram_sy"], self.est_rank)
+            for t, p in enumerate(group["params"]):
                 state = self.state[p]
-                K = self.num_observations
-                system = self._system(i, p, K)
                 S, Y = state.pop(_DIRECTIONS), state.pop(_OBSERVATIONS_KEY)
-                state.pop(_GRAM_SS), state.pop(_GRAM_SY)
                 work = S.dtype if S.dtype in (torch.float32, torch.float64) else torch.float32
                 S, Y = S.to(work), Y.to(work)
                 if self.extraction == "ritz":
-                    low = _lowrank.rayleigh_ritz(S, system.SS, system.SY, self.est_rank)
+                    U, finite = _lowrank.ritz_vectors(ritz.coefficients[t], S)
+                    low = _lowrank.LowRank(U, ritz.eigvals[t], ritz.valid[t] & finite)
                 else:
-                    low = _lowrank.posterior_eigen(S, Y, system, self.est_rank)
+                    system = self._group_system(i, K)
+                    one = posterior_system(system.SS[t], system.SY[t], system.mean, system.width,
+                                           torch.tensor(gs["prior"]["noise"], dtype=system.M.dtype,
+                                                        device=system.M.device))
+                    low = _lowrank.posterior_eigen(S, Y, one, self.est_rank)
                 pending.append((i, p, low))
+            gs["gram_ss"] = gs["gram_sy"] = None
         host: list[float] = []
         if pending:
             device = pending[0][2].eigvals.device
@@ -795,41 +857,62 @@ class Preconditioner(Optimizer):
                 gs["gain"] = gains.get(i, 1.0)
         self._log["tensors"] = tensors_log
         self._log["cycles_completed"] += 1
+        self._plan = None
         self._cycle.update(phase="optimize", step=0, optimize_steps=0)
         self._optimize_no_grad()
 
     # -- optimization
+
+    def _apply_plan(self) -> list[list[tuple[Tensor, Tensor | None, Tensor | None]]]:
+        """Per group, the tensors whose gradient the optimizer changes: ``(p, U, factors)``.
+
+        Derived from the state once per cycle (and after loading), so that an
+        optimization step does no dictionary lookups and no host synchronisation.
+        """
+        if self._plan is None:
+            plan = []
+            for group in self.param_groups:
+                entries = []
+                for p in group["params"]:
+                    state = self.state.get(p, {})
+                    factors = state.get(_FACTORS)
+                    if factors is not None and factors.numel():
+                        entries.append((p, state[_EIGVECS][: factors.numel()], factors))
+                    elif group["weight_decay"]:
+                        entries.append((p, None, None))
+                plan.append(entries)
+            self._plan = plan
+        return self._plan
 
     def _optimize(self) -> None:
         inner = self._inner
         assert inner is not None
         swapped: list[tuple[Tensor, Tensor | None]] = []
         try:
-            for index, (group, inner_group) in enumerate(zip(self.param_groups, inner.param_groups,
-                                                             strict=True)):
+            for index, (group, inner_group, entries) in enumerate(
+                zip(self.param_groups, inner.param_groups, self._apply_plan(), strict=True)
+            ):
                 for key in self._inner_keys:
                     inner_group[key] = group[key]
                 lr = self._effective_lr(index)
-                inner_group["lr"] = 0.0 if lr is None else lr
+                if lr is None:  # no step size yet: hold the group
+                    inner_group["lr"] = 0.0
+                    for p in group["params"]:
+                        if p.grad is not None:
+                            swapped.append((p, p.grad))
+                            p.grad = None
+                    continue
+                inner_group["lr"] = lr
                 wd = group["weight_decay"]
-                for p in group["params"]:
+                for p, U, factors in entries:
                     g = p.grad
                     if g is None:
                         continue
-                    if lr is None:
-                        swapped.append((p, g))
-                        p.grad = None
-                        continue
-                    state = self.state.get(p)
-                    factors = state.get(_FACTORS) if state else None
-                    if factors is not None and factors.numel() == 0:
-                        factors = None
-                    if factors is None and not wd:
-                        continue
-                    flat = self._regularised_grad(p, wd)
-                    if factors is not None:
-                        U = state[_EIGVECS][: factors.numel()]  # type: ignore[index]
-                        flat = precondition(flat, U, factors)
+                    flat = g.reshape(-1)
+                    if wd:
+                        flat = flat.add(p.detach().reshape(-1), alpha=wd)
+                    if U is not None:
+                        flat = precondition(flat, U, factors)  # type: ignore[arg-type]
                     swapped.append((p, g))
                     p.grad = flat.view_as(p)
             inner.step()

@@ -54,9 +54,13 @@ from torch import Tensor
 from ._precision import accumulation_dtype
 
 __all__ = [
+    "DirectionCoefficients",
     "PosteriorSystem",
     "active_direction",
     "apply_inverse",
+    "combine_direction",
+    "direction_coefficients",
+    "direction_scale",
     "posterior_factors",
     "posterior_matvec",
     "posterior_system",
@@ -84,8 +88,10 @@ def posterior_system(
     """Form the :math:`m \\times m` matrices of the posterior of eqs. (9), (11), (12).
 
     Args:
-        SS: :math:`S S^\\top`; SY: :math:`S Y^\\top` (any floating dtype).
-        mean: :math:`b_0`; width: :math:`w_0`; noise: :math:`\\lambda_0` (0-dim tensors).
+        SS: :math:`S S^\\top`; SY: :math:`S Y^\\top` (any floating dtype), shape
+            ``(..., m, m)``: leading dimensions batch several tensors.
+        mean: :math:`b_0`; width: :math:`w_0`; noise: :math:`\\lambda_0`; shape ``(...)``
+            or broadcastable.
 
     A zero direction (nothing new to observe, or a tensor whose gradient
     vanished) gets a unit diagonal in :math:`M`, so that it contributes nothing
@@ -93,10 +99,11 @@ def posterior_system(
     """
     dtype = accumulation_dtype(SS.device)
     SS, SY = SS.to(dtype), SY.to(dtype)
-    diag = SS.diagonal()
-    noise_diag = torch.where(diag > 0, noise.to(dtype) ** 2 * diag, torch.ones_like(diag))
-    M = width.to(dtype) ** 2 * SS + torch.diag_embed(noise_diag)
-    return PosteriorSystem(SS, SY, M, mean.to(dtype), width.to(dtype))
+    mean, width, noise = (x.to(dtype) for x in (mean, width, noise))
+    diag = SS.diagonal(dim1=-2, dim2=-1)
+    noise_diag = torch.where(diag > 0, noise[..., None] ** 2 * diag, torch.ones_like(diag))
+    M = width[..., None, None] ** 2 * SS + torch.diag_embed(noise_diag)
+    return PosteriorSystem(SS, SY, M, mean, width)
 
 
 def posterior_factors(S: Tensor, Y: Tensor, system: PosteriorSystem) -> Tensor:
@@ -114,14 +121,14 @@ def posterior_matvec(x: Tensor, S: Tensor, Y: Tensor, system: PosteriorSystem) -
 
 
 def _inverse_coefficients(system: PosteriorSystem, Sg: Tensor) -> Tensor:
-    """:math:`z` of the inversion lemma (module docstring) for :math:`S g`."""
-    b0 = system.mean
-    Z = b0 / system.width**2 * system.M + system.SY - b0 * system.SS
+    """:math:`z` of the inversion lemma (module docstring) for :math:`S g`; batched over leading dims."""
+    b0 = system.mean[..., None, None]
+    Z = b0 / system.width[..., None, None] ** 2 * system.M + system.SY - b0 * system.SS
     return torch.linalg.solve(Z, Sg)
 
 
 def apply_inverse(g: Tensor, S: Tensor, Y: Tensor, system: PosteriorSystem) -> Tensor:
-    """Return :math:`\\hat B^{-1} g` by the exact matrix-inversion lemma (module docstring).
+    """Return :math:`\hat B^{-1} g` by the exact matrix-inversion lemma (module docstring).
 
     ``g`` is flat with ``n`` elements; with no observations (``m = 0``) this is
     :math:`g / b_0`.
@@ -133,6 +140,64 @@ def apply_inverse(g: Tensor, S: Tensor, Y: Tensor, system: PosteriorSystem) -> T
     return (g - Y.mT @ z + b0 * (S.mT @ z)) / b0
 
 
+class DirectionCoefficients(NamedTuple):
+    r"""The next direction as a combination :math:`s = -g/b_0 + Y^\top a + S^\top c` (float64)."""
+
+    observations: Tensor
+    """:math:`a`, shape ``(..., m)``."""
+    directions: Tensor
+    """:math:`c`, shape ``(..., m)``."""
+    projected_sqnorm: Tensor
+    """:math:`\lVert s_\parallel \rVert^2` of the removed part (zero without orthogonalisation), ``(...)``."""
+
+
+def direction_coefficients(system: PosteriorSystem, Sg: Tensor, orthogonal: bool = True) -> DirectionCoefficients:
+    r"""Coefficients of :math:`s = -\hat B^{-1} g` (paper eq. 16), optionally minus its projection on span(S).
+
+    From the inversion lemma, :math:`s = -g/b_0 + Y^\top z / b_0 - S^\top z`. Its
+    components along the (mutually orthogonal) rows of :math:`S` are
+    :math:`S s = (-Sg + SY\,z)/b_0 - SS\,z`, known from the small matrices, so the
+    projection costs no pass over the data. Batched over leading dimensions.
+
+    Args:
+        system: the posterior (:func:`posterior_system`).
+        Sg: :math:`S g`, shape ``(..., m)``, float64.
+        orthogonal: remove the components along the rows of :math:`S`.
+    """
+    b0 = system.mean[..., None]
+    z = _inverse_coefficients(system, Sg)
+    if not orthogonal:
+        return DirectionCoefficients(z / b0, -z, torch.zeros_like(Sg[..., 0]))
+    Ss = (-Sg + (system.SY @ z[..., None])[..., 0]) / b0 - (system.SS @ z[..., None])[..., 0]
+    diag = system.SS.diagonal(dim1=-2, dim2=-1)
+    nonzero = diag > 0
+    proj = torch.where(nonzero, Ss / torch.where(nonzero, diag, torch.ones_like(diag)), torch.zeros_like(Ss))
+    sqnorm = (proj * (system.SS @ proj[..., None])[..., 0]).sum(-1)
+    return DirectionCoefficients(z / b0, -(z + proj), sqnorm)
+
+
+def combine_direction(
+    g: Tensor, S: Tensor, Y: Tensor, mean: Tensor, coefficients: tuple[Tensor, Tensor], out: Tensor
+) -> Tensor:
+    """Write :math:`-g/b_0 + Y^\top a + S^\top c` into ``out`` (one tensor; two passes over ``S``, ``Y``)."""
+    a, c = coefficients
+    torch.mul(g, (-1.0 / mean).to(g.dtype), out=out)
+    if S.shape[0]:
+        out.addmv_(Y.mT, a.to(g.dtype))
+        out.addmv_(S.mT, c.to(g.dtype))
+    return out
+
+
+def direction_scale(new_norm: Tensor, projected_sqnorm: Tensor, tol: float = 1e-3) -> Tensor:
+    """Factor that restores the length of the direction after its projection was removed.
+
+    Zero when less than ``tol`` of the direction was new (nothing new to observe).
+    """
+    total = torch.sqrt(new_norm**2 + projected_sqnorm)
+    keep = new_norm > tol * total
+    return torch.where(keep, total / torch.where(keep, new_norm, torch.ones_like(new_norm)), torch.zeros_like(total))
+
+
 def active_direction(
     g: Tensor,
     S: Tensor,
@@ -142,36 +207,19 @@ def active_direction(
     tol: float = 1e-3,
     out: Tensor | None = None,
 ) -> Tensor:
-    """The next direction to observe, :math:`s = -\\hat B^{-1} g` (paper eq. 16).
+    r"""The next direction to observe for one tensor, :math:`s = -\hat B^{-1} g` (paper eq. 16).
 
     With ``orthogonal=True`` (rows of ``S`` mutually orthogonal) the components
     along the rows of ``S`` are removed and the rest is rescaled to
-    :math:`\\lVert s \\rVert`; if less than ``tol`` of :math:`s` is new, the
-    direction is zero (there is nothing new to observe). Written into ``out`` if
-    given; no host synchronisation.
+    :math:`\lVert s \rVert`; if less than ``tol`` of :math:`s` is new, the
+    direction is zero. Written into ``out`` if given; no host synchronisation.
     """
-    b0 = system.mean
-    m = S.shape[0]
-    dtype = g.dtype
     out = torch.empty_like(g) if out is None else out
-    torch.mul(g, (-1.0 / b0).to(dtype), out=out)  # -g / b0
-    if m == 0:
-        return out
-    Sg = (S @ g).to(b0.dtype)
-    z = _inverse_coefficients(system, Sg)
-    s_coef = z  # s = -g/b0 + Y'z/b0 - S'z
+    if S.shape[0] == 0:
+        return torch.mul(g, (-1.0 / system.mean).to(g.dtype), out=out)
+    coef = direction_coefficients(system, (S @ g).to(system.M.dtype), orthogonal)
+    combine_direction(g, S, Y, system.mean, (coef.observations, coef.directions), out)
     if orthogonal:
-        # S s = (-S g + SY z - b0 SS z) / b0; the projection of s on the rows of S
-        Ss = (-Sg + system.SY @ z - b0 * (system.SS @ z)) / b0
-        diag = system.SS.diagonal()
-        proj = torch.where(diag > 0, Ss / torch.where(diag > 0, diag, torch.ones_like(diag)), torch.zeros_like(Ss))
-        s_coef = z + proj
-    out.addmv_(Y.mT, (z / b0).to(dtype))
-    out.addmv_(S.mT, (-s_coef).to(dtype))
-    if orthogonal:
-        new = torch.linalg.vector_norm(out).to(b0.dtype)
-        total = torch.sqrt(new**2 + proj @ system.SS @ proj)
-        keep = new > tol * total
-        out.mul_(torch.where(keep, total / torch.where(keep, new, torch.ones_like(new)), torch.zeros_like(new))
-                 .to(dtype))
+        norm = torch.linalg.vector_norm(out).to(coef.projected_sqnorm.dtype)
+        out.mul_(direction_scale(norm, coef.projected_sqnorm, tol).to(g.dtype))
     return out

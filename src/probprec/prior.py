@@ -93,24 +93,22 @@ def curvature_sums(probes: Sequence[Tensor], hvps: Sequence[Tensor]) -> Tensor:
     return torch.stack(rows).sum(0)
 
 
-def noise_sums(
-    probes: Sequence[Tensor], first_hvps: Sequence[Tensor], second_hvps: Sequence[Tensor]
-) -> Tensor:
+def noise_sums(probes: Sequence[Tensor], differences: Sequence[Tensor]) -> Tensor:
     r"""Return :math:`[\sum_p \lVert h_{b,p} - h_{a,p}\rVert^2,\ \sum_p n_p \lVert v_p\rVert^2]`.
 
-    ``first_hvps`` and ``second_hvps`` are the HVPs of two minibatches along the
-    same probes; see the module docstring for how they give :math:`\lambda_0`.
+    ``differences`` are :math:`h_{b,p} - h_{a,p}`, the differences of the HVPs of two
+    minibatches along the same probes; see the module docstring for how they give
+    :math:`\lambda_0`.
 
     Example:
-        >>> v = [torch.tensor([1.0, 0.0])]
-        >>> noise_sums(v, [torch.tensor([1.0, 0.5])], [torch.tensor([1.0, -0.5])])
+        >>> noise_sums([torch.tensor([1.0, 0.0])], [torch.tensor([0.0, 1.0])])
         tensor([1., 2.], dtype=torch.float64)
     """
     dtype = accumulation_dtype(probes[0].device)
     device = probes[0].device
     rows = []
-    for v, ha, hb in zip(probes, first_hvps, second_hvps, strict=True):
-        d, v = (hb - ha).reshape(-1), v.reshape(-1)
+    for v, d in zip(probes, differences, strict=True):
+        d, v = d.reshape(-1), v.reshape(-1)
         rows.append(torch.stack((torch.dot(d, d), v.numel() * torch.dot(v, v))).to(device, dtype))
     return torch.stack(rows).sum(0)
 

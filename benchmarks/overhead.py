@@ -216,7 +216,7 @@ def main() -> None:
                   + (f"{target:>9.2f}" if target else f"{'-':>9}") + (f"   ({notes[name]})" if notes[name] else ""))
         worst, opt = state_floats(model_name)
         k, K = opt.est_rank, opt.num_observations
-        print(f"  optimizer state, floats per parameter (besides the inner optimizer's): "
+        print("  optimizer state, floats per parameter (besides the inner optimizer's): "
               + ", ".join(f"{phase} {value:.2f}" for phase, value in worst.items())
               + f" (bounds: {2 * K + k + 4} and {k + 2})\n")
 

@@ -60,7 +60,7 @@ def full_loss(w, Phi, y):
 
 
 def run(method, eta, batch, budget, problem, seed, rank, num_obs, prior_iters):
-    Phi, y, H, w_star, _ = problem
+    Phi, y, _H, w_star, _ = problem
     w = torch.zeros(Phi.shape[1], dtype=torch.float64, requires_grad=True)
     if method == "sgd":
         opt = torch.optim.SGD([w], lr=eta)

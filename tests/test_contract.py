@@ -272,7 +272,7 @@ def test_missing_graph_raises_and_says_what_to_change():
     model, opt = fresh(OPTIMIZERS["precond"])
     x, y = classification_batches(1)[0]
     nn.functional.cross_entropy(model(x), y).backward()
-    with pytest.raises(RuntimeError, match="create_graph=optimizer.create_graph"):
+    with pytest.raises(RuntimeError, match=r"create_graph=optimizer\.create_graph"):
         opt.step()
 
 

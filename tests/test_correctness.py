@@ -85,7 +85,7 @@ def test_prior_scalars_match_their_formulas():
 
 @pytest.mark.parametrize("noise", [0.05, 0.5, 5.0])
 def test_noise_estimate_within_factor_two(noise):
-    problem, opt = one_cycle(torch.float64, prior_iterations=10, noise=noise)
+    _problem, opt = one_cycle(torch.float64, prior_iterations=10, noise=noise)
     estimate = opt.get_log()["noise"][0]
     assert noise / 2 <= estimate <= 2 * noise, (estimate, noise)
 

@@ -19,7 +19,7 @@ def spd(n, top, seed=0):
 
 
 def test_ritz_on_an_invariant_subspace_is_exact():
-    B, Q, lam = spd(20, [50.0, 20.0, 7.0])
+    B, Q, _lam = spd(20, [50.0, 20.0, 7.0])
     S = (Q[:, :3] @ torch.randn(3, 3, dtype=DT, generator=torch.Generator().manual_seed(1))).T  # spans top-3
     low = rayleigh_ritz(S, S @ S.T, S @ (S @ B).T, k=2)
     assert low.eigvals.tolist() == pytest.approx([50.0, 20.0], rel=1e-10)

@@ -53,7 +53,7 @@ def test_posterior_mean_matches_dense_kronecker_solve():
 
 
 def test_noise_free_posterior_reproduces_the_observations():
-    S, Y, B, b0, w0, _ = random_problem(noise=0.0)
+    S, Y, _B, b0, w0, _ = random_problem(noise=0.0)
     sys = system(S, Y, b0, w0, torch.tensor(1e-9, dtype=DT))
     for s, y in zip(S, Y, strict=True):
         torch.testing.assert_close(posterior_matvec(s, S, Y, sys), y, rtol=1e-6, atol=1e-6)

@@ -58,7 +58,7 @@ def test_invalid_hyperparameters_raise_value_error(kwargs, name, accepted):
 
 @pytest.mark.parametrize("optim_class", ["SGD", nn.Linear, torch.optim.SGD([nn.Parameter(torch.ones(1))]), None])
 def test_optim_class_must_be_an_optimizer_class(optim_class):
-    with pytest.raises(TypeError, match="optim_class must be a torch.optim.Optimizer subclass"):
+    with pytest.raises(TypeError, match=r"optim_class must be a torch\.optim\.Optimizer subclass"):
         Preconditioner(params(), optim_class=optim_class)
 
 

@@ -18,8 +18,6 @@ from .variants import (
 __version__ = "0.1.0"
 
 __all__ = [
-    # the optimizer
-    "Preconditioner",
     # variants (thesis Table 4.1)
     "AdaptiveSGD",
     "OnlyAdaptiveSGD",
@@ -28,4 +26,6 @@ __all__ = [
     "PreconditionedSGD",
     "PreconditionedTunedMomentum",
     "PreconditionedTunedSGD",
+    # the optimizer
+    "Preconditioner",
 ]

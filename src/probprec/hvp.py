@@ -1,14 +1,14 @@
-"""Hessian-vector products from the training loop's own autograd graph.
+r"""Hessian-vector products from the training loop's own autograd graph.
 
 The training loop computes the minibatch gradient with
 ``loss.backward(create_graph=True)``; each ``p.grad`` then carries the graph of
-:math:`g(\\theta) = \\nabla_\\theta L_B(\\theta)`. One more reverse pass through that
+:math:`g(\theta) = \nabla_\theta L_B(\theta)`. One more reverse pass through that
 graph gives the product of the batch Hessian with any vector :math:`v`
 (Pearlmutter 1994; de Roos & Hennig 2019, §2.4):
 
 .. math::
 
-    H_B v = \\nabla_\\theta \\langle g(\\theta), v \\rangle .
+    H_B v = \nabla_\theta \langle g(\theta), v \rangle .
 
 Reusing the loop's graph costs no extra forward pass, so BatchNorm running
 statistics and dropout masks are exactly those of the training step.

@@ -61,12 +61,12 @@ __all__ = [
 
 
 class LowRank(NamedTuple):
-    """Top-k curvature estimate :math:`B \\approx U^\\top \\operatorname{diag}(\\sigma) U` of one tensor."""
+    r"""Top-k curvature estimate :math:`B \approx U^\top \operatorname{diag}(\sigma) U` of one tensor."""
 
     eigvecs: Tensor
     """Rows :math:`u_j`, shape ``(k, n)``, orthonormal, in the parameters' dtype."""
     eigvals: Tensor
-    """:math:`\\sigma_j`, shape ``(k,)``, decreasing, float64."""
+    r""":math:`\sigma_j`, shape ``(k,)``, decreasing, float64."""
     valid: Tensor
     """Bool ``(k,)``: False for slots beyond the numerical rank of the subspace."""
 
@@ -134,9 +134,9 @@ class RitzCoefficients(NamedTuple):
     """Ritz values and the combinations of the directions that give the Ritz vectors (float64)."""
 
     eigvals: Tensor
-    """:math:`\sigma_j`, shape ``(..., k)``, decreasing."""
+    r""":math:`\sigma_j`, shape ``(..., k)``, decreasing."""
     coefficients: Tensor
-    """:math:`C = Z^\top \Sigma^{-1} V^\top`, shape ``(..., k, m)``: :math:`U = C S`."""
+    r""":math:`C = Z^\top \Sigma^{-1} V^\top`, shape ``(..., k, m)``: :math:`U = C S`."""
     valid: Tensor
     """Bool ``(..., k)``."""
 
@@ -144,15 +144,15 @@ class RitzCoefficients(NamedTuple):
 def ritz_coefficients(SS: Tensor, SY: Tensor, k: int, rtol: float = 1e-3) -> RitzCoefficients:
     r"""Rayleigh-Ritz on span(S) from the Gram matrices alone; batched over leading dimensions.
 
-    The thin SVD of :math:`S^	op` comes from :math:`S S^	op = V \Sigma^2 V^	op`, so
-    :math:`W = S^	op V \Sigma^{-1}` and the projected matrix
-    :math:`T = \Sigma^{-1} V^	op (S Y^	op) V \Sigma^{-1} = Z \operatorname{diag}(\sigma) Z^	op`
+    The thin SVD of :math:`S^\top` comes from :math:`S S^\top = V \Sigma^2 V^\top`, so
+    :math:`W = S^\top V \Sigma^{-1}` and the projected matrix
+    :math:`T = \Sigma^{-1} V^\top (S Y^\top) V \Sigma^{-1} = Z \operatorname{diag}(\sigma) Z^\top`
     need no pass over the :math:`n`-dimensional data; the Ritz vectors are
-    :math:`U = Z^	op \Sigma^{-1} V^	op S` (:func:`rayleigh_ritz`).
+    :math:`U = Z^\top \Sigma^{-1} V^\top S` (:func:`rayleigh_ritz`).
 
     Args:
-        SS: :math:`S S^	op`, ``(..., m, m)``; SY: :math:`S Y^	op` with :math:`y_i`
-            the noisy curvature products along :math:`s_i`.
+        SS: :math:`S S^\top`, ``(..., m, m)``.
+        SY: :math:`S Y^\top` with :math:`y_i` the noisy curvature products along :math:`s_i`.
         k: number of pairs; ``min(k, m)`` are returned.
         rtol: directions with singular value below ``rtol`` times the largest are
             dropped (a float32 Gram matrix resolves about ``sqrt(eps)``).
@@ -176,11 +176,12 @@ def ritz_vectors(coefficients: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def rayleigh_ritz(S: Tensor, SS: Tensor, SY: Tensor, k: int, rtol: float = 1e-3) -> LowRank:
-    """Top-k Ritz pairs of the curvature on span(S) of one tensor (module docstring, :func:`ritz_coefficients`).
+    r"""Top-k Ritz pairs of the curvature on span(S) of one tensor (module docstring).
 
     Args:
         S: directions, ``(m, n)``.
-        SS: :math:`S S^\top`; SY: :math:`S Y^\top`.
+        SS: :math:`S S^\top`.
+        SY: :math:`S Y^\top`.
         k: number of pairs; the result has ``min(k, m)`` rows.
         rtol: see :func:`ritz_coefficients`.
     """
@@ -192,7 +193,7 @@ def rayleigh_ritz(S: Tensor, SS: Tensor, SY: Tensor, k: int, rtol: float = 1e-3)
 def posterior_eigen(
     S: Tensor, Y: Tensor, system: PosteriorSystem, k: int, rtol: float = 1e-5
 ) -> LowRank:
-    """Top-k eigenpairs of the symmetric part of the posterior mean :math:`\\hat B` (module docstring)."""
+    r"""Top-k eigenpairs of the symmetric part of the posterior mean :math:`\hat B` (module docstring)."""
     X = posterior_factors(S, Y, system)
     W, _, _, keep = _orthonormal_basis(torch.cat((S, X)).mT, rtol)
     small = system.M.dtype

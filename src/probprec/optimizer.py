@@ -18,8 +18,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import lowrank as _lowrank
-from .hvp import has_graph, hessian_vector_product
 from ._precision import accumulation_dtype
+from .hvp import has_graph, hessian_vector_product
 from .posterior import (
     PosteriorSystem,
     combine_direction,
@@ -300,10 +300,10 @@ class Preconditioner(Optimizer):
         return True
 
     def get_log(self) -> dict[str, Any]:
-        """What the optimizer knows, as plain Python values (no host synchronisation).
+        r"""What the optimizer knows, as plain Python values (no host synchronisation).
 
         Keys: ``phase``; ``cycle`` (index of the current cycle); ``cycles_completed``;
-        ``step_sizes`` (estimated :math:`\\alpha` per group, None before the first
+        ``step_sizes`` (estimated :math:`\alpha` per group, None before the first
         estimate); ``learning_rates`` (the effective rate per group, None while the
         parameters are held); ``eigenvalues`` (per parameter tensor in
         ``param_groups`` order, its estimated top-k curvatures, empty before the
@@ -676,7 +676,7 @@ class Preconditioner(Optimizer):
         return posterior_system(SS, SY, b0, w0, lam)
 
     def _first_observation(self, index: int) -> None:
-        """Set :math:`s_0 = -\\alpha \\bar v` and :math:`y_0 = -\\alpha \\bar h` from the prior's final group."""
+        r"""Set :math:`s_0 = -\alpha \bar v` and :math:`y_0 = -\alpha \bar h` from the prior's final group."""
         group, gs = self.param_groups[index], self._groups_state[index]
         K, alpha = self.num_observations, gs["prior"]["step_size"]
         params = group["params"]

@@ -68,14 +68,14 @@ __all__ = [
 
 
 class PosteriorSystem(NamedTuple):
-    """The small matrices of one tensor's posterior (float64, :math:`m \\times m`)."""
+    r"""The small matrices of one tensor's posterior (float64, :math:`m \times m`)."""
 
     SS: Tensor
-    """:math:`S S^\\top`."""
+    r""":math:`S S^\top`."""
     SY: Tensor
-    """:math:`S Y^\\top`, entries :math:`s_i^\\top y_j`."""
+    r""":math:`S Y^\top`, entries :math:`s_i^\top y_j`."""
     M: Tensor
-    """:math:`w_0^2 S S^\\top + \\lambda_0^2 \\operatorname{diag}(S S^\\top)`, regularised for zero rows."""
+    r""":math:`w_0^2 S S^\top + \lambda_0^2 \operatorname{diag}(S S^\top)`, regularised for zero rows."""
     mean: Tensor
     """:math:`b_0`."""
     width: Tensor
@@ -85,13 +85,15 @@ class PosteriorSystem(NamedTuple):
 def posterior_system(
     SS: Tensor, SY: Tensor, mean: Tensor, width: Tensor, noise: Tensor
 ) -> PosteriorSystem:
-    """Form the :math:`m \\times m` matrices of the posterior of eqs. (9), (11), (12).
+    r"""Form the :math:`m \times m` matrices of the posterior of eqs. (9), (11), (12).
 
     Args:
-        SS: :math:`S S^\\top`; SY: :math:`S Y^\\top` (any floating dtype), shape
-            ``(..., m, m)``: leading dimensions batch several tensors.
-        mean: :math:`b_0`; width: :math:`w_0`; noise: :math:`\\lambda_0`; shape ``(...)``
-            or broadcastable.
+        SS: :math:`S S^\top` (any floating dtype), shape ``(..., m, m)``: leading
+            dimensions batch several tensors.
+        SY: :math:`S Y^\top`, same shape.
+        mean: :math:`b_0`, shape ``(...)`` or broadcastable.
+        width: :math:`w_0`.
+        noise: :math:`\lambda_0`.
 
     A zero direction (nothing new to observe, or a tensor whose gradient
     vanished) gets a unit diagonal in :math:`M`, so that it contributes nothing
@@ -113,7 +115,7 @@ def posterior_factors(S: Tensor, Y: Tensor, system: PosteriorSystem) -> Tensor:
 
 
 def posterior_matvec(x: Tensor, S: Tensor, Y: Tensor, system: PosteriorSystem) -> Tensor:
-    """Return :math:`\\hat B x = b_0 x + w_0^2 (Y - b_0 S)^\\top M^{-1} S x` for a flat ``x``."""
+    r"""Return :math:`\hat B x = b_0 x + w_0^2 (Y - b_0 S)^\top M^{-1} S x` for a flat ``x``."""
     b0 = system.mean
     coef = torch.linalg.solve(system.M, (S @ x).to(b0.dtype)) * system.width**2
     coef = coef.to(x.dtype)
@@ -128,7 +130,7 @@ def _inverse_coefficients(system: PosteriorSystem, Sg: Tensor) -> Tensor:
 
 
 def apply_inverse(g: Tensor, S: Tensor, Y: Tensor, system: PosteriorSystem) -> Tensor:
-    """Return :math:`\hat B^{-1} g` by the exact matrix-inversion lemma (module docstring).
+    r"""Return :math:`\hat B^{-1} g` by the exact matrix-inversion lemma (module docstring).
 
     ``g`` is flat with ``n`` elements; with no observations (``m = 0``) this is
     :math:`g / b_0`.
@@ -148,7 +150,7 @@ class DirectionCoefficients(NamedTuple):
     directions: Tensor
     """:math:`c`, shape ``(..., m)``."""
     projected_sqnorm: Tensor
-    """:math:`\lVert s_\parallel \rVert^2` of the removed part (zero without orthogonalisation), ``(...)``."""
+    r""":math:`\lVert s_\parallel \rVert^2` of the removed part (zero without orthogonalisation), ``(...)``."""
 
 
 def direction_coefficients(system: PosteriorSystem, Sg: Tensor, orthogonal: bool = True) -> DirectionCoefficients:
@@ -179,7 +181,7 @@ def direction_coefficients(system: PosteriorSystem, Sg: Tensor, orthogonal: bool
 def combine_direction(
     g: Tensor, S: Tensor, Y: Tensor, mean: Tensor, coefficients: tuple[Tensor, Tensor], out: Tensor
 ) -> Tensor:
-    """Write :math:`-g/b_0 + Y^\top a + S^\top c` into ``out`` (one tensor; two passes over ``S``, ``Y``)."""
+    r"""Write :math:`-g/b_0 + Y^\top a + S^\top c` into ``out`` (one tensor; two passes over ``S``, ``Y``)."""
     a, c = coefficients
     torch.mul(g, (-1.0 / mean).to(g.dtype), out=out)
     if S.shape[0]:

@@ -39,7 +39,7 @@ __all__ = ["condition_gain", "newton_factors", "paper_factors", "precondition"]
 
 
 def newton_factors(eigvals: Tensor, valid: Tensor, mean: Tensor) -> Tensor:
-    """Return :math:`f_j = c_j - 1` of the default rule, :math:`c_j = \\min(1, b_0/\\sigma_j)` for :math:`\\sigma_j > b_0`.
+    r"""Return :math:`f_j = c_j - 1` of the default rule, :math:`c_j = b_0/\sigma_j` if :math:`\sigma_j > b_0` else 1.
 
     Example:
         >>> newton_factors(torch.tensor([4.0, 0.5]), torch.tensor([True, True]), torch.tensor(2.0))
@@ -51,14 +51,14 @@ def newton_factors(eigvals: Tensor, valid: Tensor, mean: Tensor) -> Tensor:
 
 
 def paper_factors(eigvals: Tensor, valid: Tensor, beta: float = 1.0) -> Tensor:
-    """Return :math:`f_j = \\beta^2/\\sigma_j - 1` of the paper rule (zero where :math:`\\sigma_j \\le 0`)."""
+    r"""Return :math:`f_j = \beta^2/\sigma_j - 1` of the paper rule (zero where :math:`\sigma_j \le 0`)."""
     active = valid & (eigvals > 0)
     safe = torch.where(active, eigvals, torch.ones_like(eigvals))
     return torch.where(active, beta**2 / safe - 1.0, torch.zeros_like(eigvals))
 
 
 def condition_gain(eigvals: Tensor, valid: Tensor) -> Tensor:
-    """Return :math:`a^2 = \\sigma_1/\\sigma_k` over the valid positive estimates (1 if fewer than two)."""
+    r"""Return :math:`a^2 = \sigma_1/\sigma_k` over the valid positive estimates (1 if fewer than two)."""
     active = valid & (eigvals > 0)
     if int(active.sum()) < 2:
         return torch.ones((), dtype=eigvals.dtype, device=eigvals.device)
@@ -67,7 +67,7 @@ def condition_gain(eigvals: Tensor, valid: Tensor) -> Tensor:
 
 
 def precondition(grad: Tensor, eigvecs: Tensor, factors: Tensor) -> Tensor:
-    """Return :math:`g + U^\\top(f \\odot U g)` for a flat gradient ``grad`` (a new tensor).
+    r"""Return :math:`g + U^\top(f \odot U g)` for a flat gradient ``grad`` (a new tensor).
 
     Args:
         grad: flat gradient, ``n`` elements.

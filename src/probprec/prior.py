@@ -58,13 +58,13 @@ class PriorEstimate(NamedTuple):
     """Scalars of the prior of one parameter group (0-dim tensors, float64)."""
 
     step_size: Tensor
-    """:math:`\\alpha`, the minimal-residual step along the gradient."""
+    r""":math:`\alpha`, the minimal-residual step along the gradient."""
     mean: Tensor
-    """:math:`b_0 = 1/\\alpha`, the prior mean :math:`B_0 = b_0 I`."""
+    r""":math:`b_0 = 1/\alpha`, the prior mean :math:`B_0 = b_0 I`."""
     width: Tensor
     """:math:`w_0`, the prior width :math:`W = w_0 I`."""
     noise: Tensor
-    """:math:`\\lambda_0`, the noise level :math:`\\Lambda = \\lambda_0 I`."""
+    r""":math:`\lambda_0`, the noise level :math:`\Lambda = \lambda_0 I`."""
     noise_measured: bool
     """False when no pair of minibatches shared a probe (the noise defaulted to :math:`w_0`)."""
 
@@ -116,13 +116,13 @@ def noise_sums(probes: Sequence[Tensor], differences: Sequence[Tensor]) -> Tenso
 def estimate_prior(
     curvature: Tensor, noise: Tensor | None, noise_floor: float = 1e-3
 ) -> PriorEstimate:
-    """Turn accumulated sums into the prior scalars (module docstring, paper eq. 15 and §2.4).
+    r"""Turn accumulated sums into the prior scalars (module docstring, paper eq. 15 and §2.4).
 
     Args:
         curvature: accumulated :func:`curvature_sums` over the prior minibatches.
         noise: accumulated :func:`noise_sums` over the probe pairs, or None if no
             pair was observed.
-        noise_floor: lower bound of :math:`\\lambda_0` relative to :math:`|w_0|`.
+        noise_floor: lower bound of :math:`\lambda_0` relative to :math:`|w_0|`.
 
     Returns:
         The :class:`PriorEstimate`. Nothing is checked here: a non-positive or

@@ -10,10 +10,11 @@ Shapes of the thesis's Experiment 2 and of cifar10_3c3d, on synthetic data:
 
 Every epoch starts a fresh estimation cycle (``start_estimate()``) and uses the
 training loop the library documents (``create_graph=opt.create_graph``). The
-candidates run interleaved, in a rotating order, in one process; each repetition
-gives one ratio per candidate against the SGD epoch of the same repetition, and
-the script prints the median and the quartiles of those ratios, for wall-clock
-and for process CPU time. It also prints the optimizer's state in floats per
+candidates run in one process, interleaved ten steps at a time in a rotating
+order, so that the machine's background load falls on all of them alike; each
+repetition gives one ratio per candidate against the SGD epoch of the same
+repetition, and the script prints the median and the quartiles of those ratios,
+for wall-clock and for process CPU time. It also prints the optimizer's state in floats per
 parameter element (besides the inner optimizer's) in each phase.
 
     python benchmarks/overhead.py                 # both models, 5 repetitions
@@ -119,30 +120,56 @@ def train_steps(model, opt, data, steps):
         opt.step()
 
 
-def time_epoch(name, model_name, data, steps, sample):
-    """Seconds (wall, CPU) of one epoch of ``steps`` steps; extrapolated when ``sample`` is set."""
+def time_epochs(names, model_name, data, steps, sample, chunk=10):
+    """Seconds (wall, CPU) of one epoch of ``steps`` steps for each candidate, measured interleaved.
+
+    All candidates advance together, ``chunk`` steps at a time in turn, so that the
+    machine's background load falls on all of them alike. With ``sample`` set, each
+    candidate runs its estimation phase and ``sample`` optimization steps, and the
+    optimization steps are extrapolated to the rest of the epoch.
+    """
     make_model, _, _ = MODELS[model_name]
-    torch.manual_seed(0)
-    model = make_model()
-    opt = CANDIDATES[name](list(model.parameters()))
-    train_steps(model, opt, data, 3)  # warm-up: allocations, first cycle
-    if hasattr(opt, "start_estimate"):
-        opt.start_estimate()
-    if sample is None:
-        w0, c0 = time.perf_counter(), time.process_time()
-        train_steps(model, opt, data, steps)
-        return time.perf_counter() - w0, time.process_time() - c0, applied(opt)
-    # estimation phase (until the optimizer switches to optimizing) plus `sample` steps
-    held = 0
-    w0, c0 = time.perf_counter(), time.process_time()
-    while getattr(opt, "create_graph", False):
-        train_steps(model, opt, data, 1)
-        held += 1
-    w1, c1 = time.perf_counter(), time.process_time()
-    train_steps(model, opt, data, sample)
-    w2, c2 = time.perf_counter(), time.process_time()
-    rest = steps - held
-    return (w1 - w0) + (w2 - w1) * rest / sample, (c1 - c0) + (c2 - c1) * rest / sample, applied(opt)
+    runs = {}
+    for name in names:
+        torch.manual_seed(0)
+        model = make_model()
+        opt = CANDIDATES[name](list(model.parameters()))
+        train_steps(model, opt, data, 3)  # warm-up: allocations, first cycle
+        if hasattr(opt, "start_estimate"):
+            opt.start_estimate()
+        # per candidate: [estimation wall, estimation cpu, held steps, optimize wall, optimize cpu, optimize steps]
+        runs[name] = (model, opt, [0.0, 0.0, 0, 0.0, 0.0, 0])
+    done = dict.fromkeys(names, 0)
+
+    def finished(name):
+        acc = runs[name][2]
+        return done[name] >= steps if sample is None else acc[5] >= sample
+
+    while not all(finished(n) for n in names):
+        for name in names:
+            model, opt, acc = runs[name]
+            for _ in range(chunk):
+                if finished(name):
+                    break
+                estimating = getattr(opt, "create_graph", False)
+                x, y = data[done[name] % len(data)]
+                w0, c0 = time.perf_counter(), time.process_time()
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward(create_graph=estimating)
+                opt.step()
+                w, c = time.perf_counter() - w0, time.process_time() - c0
+                done[name] += 1
+                base = 0 if estimating else 3
+                acc[base] += w
+                acc[base + 1] += c
+                acc[base + 2] += 1
+    out = {}
+    for name in names:
+        _, opt, (ew, ec, held, ow, oc, n_opt) = runs[name]
+        scale = 1.0 if sample is None else (steps - held) / n_opt
+        out[name] = (ew + ow * scale, ec + oc * scale, applied(opt))
+    return out
 
 
 def applied(opt) -> str:
@@ -196,7 +223,7 @@ def main() -> None:
         notes: dict[str, str] = {}
         for rep in range(args.repeats):
             order = names[rep % len(names):] + names[:rep % len(names)]
-            times = {name: time_epoch(name, model_name, data, steps, sample) for name in order}
+            times = time_epochs(order, model_name, data, steps, sample)
             sgd_times.append(times["SGD"][0])
             notes.update({name: times[name][2] for name in names})
             for name in names[1:]:

@@ -802,7 +802,10 @@ class Preconditioner(Optimizer):
                 work = S.dtype if S.dtype in (torch.float32, torch.float64) else torch.float32
                 S, Y = S.to(work), Y.to(work)
                 if self.extraction == "ritz":
-                    U, finite = _lowrank.ritz_vectors(ritz.coefficients[t], S)
+                    if self.apply_preconditioner:
+                        U, finite = _lowrank.ritz_vectors(ritz.coefficients[t], S)
+                    else:  # the values are logged, the vectors would not be used
+                        U, finite = S[:0], torch.ones((), dtype=torch.bool, device=S.device)
                     low = _lowrank.LowRank(U, ritz.eigvals[t], ritz.valid[t] & finite)
                 else:
                     system = self._group_system(i, K)

@@ -84,13 +84,18 @@ def curvature_sums(probes: Sequence[Tensor], hvps: Sequence[Tensor]) -> Tensor:
         >>> curvature_sums(v, [torch.tensor([2.0, 2.0])])
         tensor([6., 8., 5.], dtype=torch.float64)
     """
-    dtype = accumulation_dtype(probes[0].device)
-    device = probes[0].device
     rows = []
     for v, h in zip(probes, hvps, strict=True):
         v, h = v.reshape(-1), h.reshape(-1)
-        rows.append(torch.stack((torch.dot(v, h), torch.dot(h, h), torch.dot(v, v))).to(device, dtype))
-    return torch.stack(rows).sum(0)
+        rows.append(torch.stack((torch.dot(v, h), torch.dot(h, h), torch.dot(v, v))))
+    return _sum_rows(rows)
+
+
+def _sum_rows(rows: list[Tensor]) -> Tensor:
+    """Sum per-tensor rows in the accumulation dtype, on the first row's device (one cast for all)."""
+    first = rows[0]
+    stacked = torch.stack([r.to(first.device, first.dtype) for r in rows])
+    return stacked.to(accumulation_dtype(first.device)).sum(0)
 
 
 def noise_sums(probes: Sequence[Tensor], differences: Sequence[Tensor]) -> Tensor:
@@ -104,13 +109,11 @@ def noise_sums(probes: Sequence[Tensor], differences: Sequence[Tensor]) -> Tenso
         >>> noise_sums([torch.tensor([1.0, 0.0])], [torch.tensor([0.0, 1.0])])
         tensor([1., 2.], dtype=torch.float64)
     """
-    dtype = accumulation_dtype(probes[0].device)
-    device = probes[0].device
     rows = []
     for v, d in zip(probes, differences, strict=True):
         d, v = d.reshape(-1), v.reshape(-1)
-        rows.append(torch.stack((torch.dot(d, d), v.numel() * torch.dot(v, v))).to(device, dtype))
-    return torch.stack(rows).sum(0)
+        rows.append(torch.stack((torch.dot(d, d), v.numel() * torch.dot(v, v))))
+    return _sum_rows(rows)
 
 
 def estimate_prior(

@@ -191,7 +191,7 @@ def state_floats(model_name):
     worst: dict[str, float] = {}
     for _ in range(opt.prior_iterations + opt.num_observations + 3):
         train_steps(model, opt, data, 1)
-        floats = sum(v.numel() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+        floats = opt.state_floats()
         phase = "estimating" if opt.phase != "optimize" else "optimizing"
         worst[phase] = max(worst.get(phase, 0.0), floats / n)
     return worst, opt

@@ -26,8 +26,7 @@ def test_state_stays_within_budget(cls, rank, observations, prior):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward(create_graph=opt.create_graph)
         opt.step()
-        floats = sum(v.numel() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
-        floats += sum(t.numel() for gs in opt._groups_state for t in gs.values() if torch.is_tensor(t))
+        floats = opt.state_floats()
         phase = "optimizing" if opt.phase == "optimize" else "estimating"
         worst[phase] = max(worst[phase], floats / n)
     assert worst["estimating"] <= 2 * observations + rank + 4

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from ._precision import accumulation_dtype
-from .posterior import PosteriorSystem, posterior_factors
+from .posterior import PosteriorSystem, Rows, add_rows, posterior_factors
 
 __all__ = [
     "LowRank",
@@ -169,17 +169,20 @@ def ritz_coefficients(SS: Tensor, SY: Tensor, k: int, rtol: float = 1e-3) -> Rit
     return RitzCoefficients(eigvals, Z.mT @ Vs.mT, valid)
 
 
-def ritz_vectors(coefficients: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
-    """Ritz vectors :math:`U = C S` of one tensor, orthonormalised and sign-fixed; and whether they are finite."""
-    U, finite = orthonormalize_rows(coefficients.to(S.dtype) @ S)
+def ritz_vectors(coefficients: Tensor, S: Rows) -> tuple[Tensor, Tensor]:
+    """Ritz vectors :math:`U = C S` of one tensor (``(k, n)``), orthonormalised and sign-fixed; and whether finite."""
+    U = S[0].new_zeros((coefficients.shape[0], S[0].numel()))
+    for j in range(coefficients.shape[0]):
+        add_rows(U[j], S, coefficients[j])
+    U, finite = orthonormalize_rows(U)
     return _fix_signs(U), finite
 
 
-def rayleigh_ritz(S: Tensor, SS: Tensor, SY: Tensor, k: int, rtol: float = 1e-3) -> LowRank:
+def rayleigh_ritz(S: Rows, SS: Tensor, SY: Tensor, k: int, rtol: float = 1e-3) -> LowRank:
     r"""Top-k Ritz pairs of the curvature on span(S) of one tensor (module docstring).
 
     Args:
-        S: directions, ``(m, n)``.
+        S: directions, ``m`` flat rows (or an ``(m, n)`` tensor).
         SS: :math:`S S^\top`.
         SY: :math:`S Y^\top`.
         k: number of pairs; the result has ``min(k, m)`` rows.
@@ -190,11 +193,10 @@ def rayleigh_ritz(S: Tensor, SS: Tensor, SY: Tensor, k: int, rtol: float = 1e-3)
     return LowRank(U, ritz.eigvals, ritz.valid & finite)
 
 
-def posterior_eigen(
-    S: Tensor, Y: Tensor, system: PosteriorSystem, k: int, rtol: float = 1e-5
-) -> LowRank:
+def posterior_eigen(S: Rows, Y: Rows, system: PosteriorSystem, k: int, rtol: float = 1e-5) -> LowRank:
     r"""Top-k eigenpairs of the symmetric part of the posterior mean :math:`\hat B` (module docstring)."""
     X = posterior_factors(S, Y, system)
+    S = torch.stack(list(S))
     W, _, _, keep = _orthonormal_basis(torch.cat((S, X)).mT, rtol)
     small = system.M.dtype
     SW, XW = (S @ W).to(small), (X @ W).to(small)

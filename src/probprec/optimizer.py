@@ -26,6 +26,7 @@ from .posterior import (
     direction_coefficients,
     direction_scale,
     posterior_system,
+    row_dots,
 )
 from .precondition import condition_gain, newton_factors, paper_factors, precondition
 from .prior import curvature_sums, estimate_prior, noise_sums
@@ -43,8 +44,8 @@ _GROUP_TENSORS = ("curvature", "noise", "gram_ss", "gram_sy")  # per-group tenso
 _GRAD_SUM = "grad_sum"  # sum of the regularised prior gradients
 _PROBE = "probe"  # probe shared by a pair of prior minibatches
 _PROBE_HVP = "probe_hvp"  # HVP of the pair's first minibatch, then the pair's mean HVP
-_DIRECTIONS = "directions"  # (K, n) observed directions s_i
-_OBSERVATIONS_KEY = "observations"  # (K, n) their products y_i
+_DIRECTIONS = "directions"  # list of the flat directions s_i observed so far (at most K)
+_OBSERVATIONS_KEY = "observations"  # list of their products y_i
 _EIGVECS = "eigvecs"  # (k', n) estimated top curvature directions, orthonormal rows
 _EIGVALS = "eigvals"  # (k',) their estimated curvatures, decreasing
 _FACTORS = "factors"  # (a,) c_j - 1 of the first a <= k' directions (the rescaled ones)
@@ -367,6 +368,19 @@ class Preconditioner(Optimizer):
                 out.append(precondition(v.reshape(-1).to(U.dtype), U, factors).view_as(v))
         return out
 
+    def state_floats(self) -> int:
+        """Number of floats the optimizer holds for its estimate, the inner optimizer's state excluded."""
+        total = 0
+        for value in [*self.state.values(), *self._groups_state]:
+            stack = list(value.values())
+            while stack:
+                item = stack.pop()
+                if torch.is_tensor(item):
+                    total += item.numel()
+                elif isinstance(item, (list, tuple)):
+                    stack.extend(item)
+        return total
+
     # ------------------------------------------------------------ state dict
 
     def state_dict(self) -> dict[str, Any]:
@@ -687,16 +701,13 @@ class Preconditioner(Optimizer):
         entries = []
         for p in params:
             state = self.state[p]
-            S = state[_DIRECTIONS] = torch.empty((K, p.numel()), dtype=p.dtype, device=p.device)
-            Y = state[_OBSERVATIONS_KEY] = torch.empty((K, p.numel()), dtype=p.dtype, device=p.device)
-            probe, hvp = state.get(_PROBE), state.get(_PROBE_HVP)
+            probe, hvp = state.pop(_PROBE, None), state.pop(_PROBE_HVP, None)
             if probe is None or hvp is None:
-                S[0].zero_()
-                Y[0].zero_()
-            else:
-                torch.mul(probe, -alpha, out=S[0])
-                torch.mul(hvp, -alpha, out=Y[0])
-            entries.append(torch.stack((torch.dot(S[0], S[0]), torch.dot(S[0], Y[0]))).to(device, small))
+                s0, y0 = p.new_zeros(p.numel()), p.new_zeros(p.numel())
+            else:  # the prior's buffers become the first row of S and of Y
+                s0, y0 = probe.mul_(-alpha), hvp.mul_(-alpha)
+            state[_DIRECTIONS], state[_OBSERVATIONS_KEY] = [s0], [y0]
+            entries.append(torch.stack((torch.dot(s0, s0), torch.dot(s0, y0))).to(device, small))
         entries_t = torch.stack(entries)
         gs["gram_ss"][:, 0, 0] = entries_t[:, 0]
         gs["gram_sy"][:, 0, 0] = entries_t[:, 1]
@@ -735,10 +746,11 @@ class Preconditioner(Optimizer):
                 S, Y = state[_DIRECTIONS], state[_OBSERVATIONS_KEY]
                 y = hvps.get(id(p))
                 if y is None:
-                    Y[j].zero_()
-                else:
-                    torch.add(y, S[j], alpha=wd, out=Y[j]) if wd else Y[j].copy_(y)
-                columns.append(S[: j + 1] @ Y[j])
+                    y = p.new_zeros(p.numel())
+                elif wd:
+                    y.add_(S[j], alpha=wd)
+                Y.append(y)
+                columns.append(row_dots(S[: j + 1], y))
             column = torch.stack([c.to(gs["gram_sy"]) for c in columns])
             gs["gram_sy"][:, : j + 1, j] = column
             checks.append(column)
@@ -754,32 +766,36 @@ class Preconditioner(Optimizer):
             small = system.M
             grads = [None if p.grad is None else self._regularised_grad(p, wd) for p in params]
             Sg = torch.stack([
-                (torch.zeros(j, device=small.device) if g is None else self.state[p][_DIRECTIONS][:j] @ g).to(small)
-                for p, g in zip(params, grads, strict=True)
+                (torch.zeros(j, device=small.device) if g is None else row_dots(self.state[p][_DIRECTIONS][:j], g))
+                .to(small) for p, g in zip(params, grads, strict=True)
             ])
             coef = direction_coefficients(system, Sg, self.orthogonalize)
-            norms = []
+            directions, norms = [], []
             for t, (p, g) in enumerate(zip(params, grads, strict=True)):
                 state = self.state[p]
-                S, Y = state[_DIRECTIONS], state[_OBSERVATIONS_KEY]
                 if g is None:
-                    S[j].zero_()
+                    s = p.new_zeros(p.numel())
                 else:
-                    combine_direction(g, S[:j], Y[:j], system.mean, (coef.observations[t], coef.directions[t]), S[j])
-                norms.append(torch.linalg.vector_norm(S[j]))
+                    s = combine_direction(g, state[_DIRECTIONS][:j], state[_OBSERVATIONS_KEY][:j], system.mean,
+                                          (coef.observations[t], coef.directions[t]))
+                directions.append(s)
+                norms.append(torch.linalg.vector_norm(s))
             norm = torch.stack([x.to(small) for x in norms])
             if self.orthogonalize:
                 scale = direction_scale(norm, coef.projected_sqnorm)
-                for t, p in enumerate(params):
-                    self.state[p][_DIRECTIONS][j].mul_(scale[t].to(p.dtype))
+                for t, s in enumerate(directions):
+                    s.mul_(scale[t].to(s.dtype))
                 gs["gram_ss"][:, j, j] = (norm * scale) ** 2  # orthogonal to the earlier directions
-            else:
-                rows = torch.stack([(self.state[p][_DIRECTIONS][: j + 1] @ self.state[p][_DIRECTIONS][j]).to(small)
-                                    for p in params])
+            for p, s in zip(params, directions, strict=True):
+                self.state[p][_DIRECTIONS].append(s)
+            if not self.orthogonalize:
+                rows = torch.stack([row_dots(self.state[p][_DIRECTIONS][: j + 1], s).to(small)
+                                    for p, s in zip(params, directions, strict=True)])
                 gs["gram_ss"][:, j, : j + 1] = rows
                 gs["gram_ss"][:, : j + 1, j] = rows
             gs["gram_sy"][:, j, :j] = torch.stack([
-                (self.state[p][_OBSERVATIONS_KEY][:j] @ self.state[p][_DIRECTIONS][j]).to(small) for p in params
+                row_dots(self.state[p][_OBSERVATIONS_KEY][:j], s).to(small)
+                for p, s in zip(params, directions, strict=True)
             ])
             checks.append(gs["gram_ss"][:, j, j])
             checks.append(Sg.reshape(-1))
@@ -799,13 +815,13 @@ class Preconditioner(Optimizer):
             for t, p in enumerate(group["params"]):
                 state = self.state[p]
                 S, Y = state.pop(_DIRECTIONS), state.pop(_OBSERVATIONS_KEY)
-                work = S.dtype if S.dtype in (torch.float32, torch.float64) else torch.float32
-                S, Y = S.to(work), Y.to(work)
+                if p.dtype not in (torch.float32, torch.float64):  # half precision: extract in float32
+                    S, Y = [r.float() for r in S], [r.float() for r in Y]
                 if self.extraction == "ritz":
                     if self.apply_preconditioner:
                         U, finite = _lowrank.ritz_vectors(ritz.coefficients[t], S)
                     else:  # the values are logged, the vectors would not be used
-                        U, finite = S[:0], torch.ones((), dtype=torch.bool, device=S.device)
+                        U, finite = S[0][None, :0], torch.ones((), dtype=torch.bool, device=p.device)
                     low = _lowrank.LowRank(U, ritz.eigvals[t], ritz.valid[t] & finite)
                 else:
                     system = self._group_system(i, K)

@@ -11,7 +11,10 @@ optimizer has observed :math:`m` directions and noisy products
     S = [s_1, \dots, s_m]^\top \in \mathbb R^{m \times n}, \qquad
     Y = [y_1, \dots, y_m]^\top, \quad y_i = \tilde B_{t_i} s_i,
 
-stored as rows, raw (unnormalised) throughout. The Gram matrix of eq. (9) plus
+stored as rows, raw (unnormalised) throughout. The functions take ``S`` and ``Y``
+as sequences of flat rows (a list, or an ``(m, n)`` tensor): the optimizer keeps
+one tensor per row, so that an observation is stored without a copy and no
+large block is allocated per cycle. The Gram matrix of eq. (9) plus
 the noise term of eq. (11), :math:`G + R`, reduces to the :math:`m \times m` matrix
 
 .. math::
@@ -46,6 +49,7 @@ direction costs no extra pass over :math:`S`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -53,10 +57,14 @@ from torch import Tensor
 
 from ._precision import accumulation_dtype
 
+Rows = Sequence[Tensor]
+
 __all__ = [
     "DirectionCoefficients",
     "PosteriorSystem",
+    "Rows",
     "active_direction",
+    "add_rows",
     "apply_inverse",
     "combine_direction",
     "direction_coefficients",
@@ -64,6 +72,7 @@ __all__ = [
     "posterior_factors",
     "posterior_matvec",
     "posterior_system",
+    "row_dots",
 ]
 
 
@@ -108,18 +117,35 @@ def posterior_system(
     return PosteriorSystem(SS, SY, M, mean, width)
 
 
-def posterior_factors(S: Tensor, Y: Tensor, system: PosteriorSystem) -> Tensor:
-    """Return the rows of :math:`X = M^{-1}(Y - b_0 S)`, shape ``(m, n)``, in ``S``'s dtype."""
+def row_dots(rows: Rows, x: Tensor) -> Tensor:
+    r""":math:`S x` for rows :math:`s_i`: the vector of :math:`s_i^\top x` (``x``'s dtype)."""
+    if len(rows) == 0:
+        return x.new_zeros(0)
+    return torch.stack([torch.dot(r, x) for r in rows])
+
+
+def add_rows(out: Tensor, rows: Rows, coefficients: Tensor) -> Tensor:
+    r"""``out += S^T c``: add :math:`\sum_i c_i s_i` in place, one pass per row, no temporaries."""
+    coefficients = coefficients.to(out.dtype)
+    for i, r in enumerate(rows):
+        out.addcmul_(r, coefficients[i])
+    return out
+
+
+def posterior_factors(S: Rows, Y: Rows, system: PosteriorSystem) -> Tensor:
+    """Return the rows of :math:`X = M^{-1}(Y - b_0 S)` as an ``(m, n)`` tensor in ``S``'s dtype."""
+    S, Y = torch.stack(list(S)), torch.stack(list(Y))
     D = Y - system.mean.to(S.dtype) * S
     return (torch.linalg.inv(system.M).to(S.dtype)) @ D
 
 
-def posterior_matvec(x: Tensor, S: Tensor, Y: Tensor, system: PosteriorSystem) -> Tensor:
+def posterior_matvec(x: Tensor, S: Rows, Y: Rows, system: PosteriorSystem) -> Tensor:
     r"""Return :math:`\hat B x = b_0 x + w_0^2 (Y - b_0 S)^\top M^{-1} S x` for a flat ``x``."""
     b0 = system.mean
-    coef = torch.linalg.solve(system.M, (S @ x).to(b0.dtype)) * system.width**2
-    coef = coef.to(x.dtype)
-    return b0.to(x.dtype) * x + Y.mT @ coef - b0.to(x.dtype) * (S.mT @ coef)
+    coef = torch.linalg.solve(system.M, row_dots(S, x).to(b0.dtype)) * system.width**2
+    out = b0.to(x.dtype) * x
+    add_rows(out, Y, coef)
+    return add_rows(out, S, -b0 * coef)
 
 
 def _inverse_coefficients(system: PosteriorSystem, Sg: Tensor) -> Tensor:
@@ -129,17 +155,19 @@ def _inverse_coefficients(system: PosteriorSystem, Sg: Tensor) -> Tensor:
     return torch.linalg.solve(Z, Sg)
 
 
-def apply_inverse(g: Tensor, S: Tensor, Y: Tensor, system: PosteriorSystem) -> Tensor:
+def apply_inverse(g: Tensor, S: Rows, Y: Rows, system: PosteriorSystem) -> Tensor:
     r"""Return :math:`\hat B^{-1} g` by the exact matrix-inversion lemma (module docstring).
 
     ``g`` is flat with ``n`` elements; with no observations (``m = 0``) this is
     :math:`g / b_0`.
     """
-    b0 = system.mean.to(g.dtype)
-    if S.shape[0] == 0:
-        return g / b0
-    z = _inverse_coefficients(system, (S @ g).to(system.M.dtype)).to(g.dtype)
-    return (g - Y.mT @ z + b0 * (S.mT @ z)) / b0
+    b0 = system.mean
+    out = g / b0.to(g.dtype)
+    if len(S) == 0:
+        return out
+    z = _inverse_coefficients(system, row_dots(S, g).to(system.M.dtype))
+    add_rows(out, Y, -z / b0)
+    return add_rows(out, S, z)
 
 
 class DirectionCoefficients(NamedTuple):
@@ -179,15 +207,14 @@ def direction_coefficients(system: PosteriorSystem, Sg: Tensor, orthogonal: bool
 
 
 def combine_direction(
-    g: Tensor, S: Tensor, Y: Tensor, mean: Tensor, coefficients: tuple[Tensor, Tensor], out: Tensor
+    g: Tensor, S: Rows, Y: Rows, mean: Tensor, coefficients: tuple[Tensor, Tensor], out: Tensor | None = None
 ) -> Tensor:
-    r"""Write :math:`-g/b_0 + Y^\top a + S^\top c` into ``out`` (one tensor; two passes over ``S``, ``Y``)."""
+    r"""Return :math:`-g/b_0 + Y^\top a + S^\top c` (one tensor; one pass over each row), in ``out`` if given."""
     a, c = coefficients
-    torch.mul(g, (-1.0 / mean).to(g.dtype), out=out)
-    if S.shape[0]:
-        out.addmv_(Y.mT, a.to(g.dtype))
-        out.addmv_(S.mT, c.to(g.dtype))
-    return out
+    scale = (-1.0 / mean).to(g.dtype)
+    out = torch.mul(g, scale) if out is None else torch.mul(g, scale, out=out)
+    add_rows(out, Y, a)
+    return add_rows(out, S, c)
 
 
 def direction_scale(new_norm: Tensor, projected_sqnorm: Tensor, tol: float = 1e-3) -> Tensor:
@@ -202,25 +229,23 @@ def direction_scale(new_norm: Tensor, projected_sqnorm: Tensor, tol: float = 1e-
 
 def active_direction(
     g: Tensor,
-    S: Tensor,
-    Y: Tensor,
+    S: Rows,
+    Y: Rows,
     system: PosteriorSystem,
     orthogonal: bool = True,
     tol: float = 1e-3,
-    out: Tensor | None = None,
 ) -> Tensor:
     r"""The next direction to observe for one tensor, :math:`s = -\hat B^{-1} g` (paper eq. 16).
 
     With ``orthogonal=True`` (rows of ``S`` mutually orthogonal) the components
     along the rows of ``S`` are removed and the rest is rescaled to
     :math:`\lVert s \rVert`; if less than ``tol`` of :math:`s` is new, the
-    direction is zero. Written into ``out`` if given; no host synchronisation.
+    direction is zero. Returns a new tensor; no host synchronisation.
     """
-    out = torch.empty_like(g) if out is None else out
-    if S.shape[0] == 0:
-        return torch.mul(g, (-1.0 / system.mean).to(g.dtype), out=out)
-    coef = direction_coefficients(system, (S @ g).to(system.M.dtype), orthogonal)
-    combine_direction(g, S, Y, system.mean, (coef.observations, coef.directions), out)
+    if len(S) == 0:
+        return g * (-1.0 / system.mean).to(g.dtype)
+    coef = direction_coefficients(system, row_dots(S, g).to(system.M.dtype), orthogonal)
+    out = combine_direction(g, S, Y, system.mean, (coef.observations, coef.directions))
     if orthogonal:
         norm = torch.linalg.vector_norm(out).to(coef.projected_sqnorm.dtype)
         out.mul_(direction_scale(norm, coef.projected_sqnorm, tol).to(g.dtype))

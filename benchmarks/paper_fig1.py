@@ -32,27 +32,13 @@ import warnings
 import torch
 
 from probprec import Preconditioner
+from probprec.bench.problems.synthetic import ill_conditioned_regression
 
-TOP = (100.0, 70.0, 50.0, 35.0)
 
-
-def make_problem(n: int = 253, num_data: int = 20_000, seed: int = 0, noise: float = 0.5):
-    """Features with exactly the prescribed sample covariance; returns Phi, y, H, w*."""
-    gen = torch.Generator().manual_seed(seed)
-    eig = torch.cat((torch.tensor(TOP, dtype=torch.float64),
-                     torch.logspace(1, -2, n - len(TOP), dtype=torch.float64)))
-    Z = torch.randn(num_data, n, generator=gen, dtype=torch.float64)
-    Z = Z - Z.mean(0)
-    # whiten the sample so that Z'Z / N = I exactly, then impose the spectrum
-    evals, evecs = torch.linalg.eigh(Z.T @ Z / num_data)
-    Z = Z @ evecs / evals.sqrt()
-    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
-    Phi = (Z * eig.sqrt()) @ Q.T
-    w_true = torch.randn(n, generator=gen, dtype=torch.float64)
-    y = Phi @ w_true + noise * torch.randn(num_data, generator=gen, dtype=torch.float64)
-    H = Phi.T @ Phi / num_data
-    w_star = torch.linalg.solve(H, Phi.T @ y / num_data)
-    return Phi, y, H, w_star, eig
+def make_problem():
+    """The harness's ``paper_regression`` data in float64: Phi, y, H, w*, eigenvalues."""
+    data = ill_conditioned_regression()
+    return data.features, data.targets, data.hessian, data.solution, data.eigenvalues
 
 
 def full_loss(w, Phi, y):

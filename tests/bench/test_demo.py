@@ -24,4 +24,4 @@ def test_demo_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit) as info:
         main(["demo", "--epochs", "0"])
     assert info.value.code == 2
-    assert "--epochs must be an integer >= 1" in capsys.readouterr().err
+    assert "--epochs: must be an integer >= 1" in capsys.readouterr().err

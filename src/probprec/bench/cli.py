@@ -1,30 +1,185 @@
-"""The ``probprec`` command line."""
+"""The ``probprec`` command line: ``benchmark``, ``run``, ``list`` and ``demo``.
+
+Bad input exits with status 2 and one line on standard error, before any file is
+written. ``run`` exits 0 when the run completed, diverged (a result like any
+other) or was skipped, 1 when it failed, and 130 when it was interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+EXIT_CODES = {"completed": 0, "diverged": 0, "skipped": 0, "failed": 1, "interrupted": 130}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run the chosen command."""
-    parser = argparse.ArgumentParser(
-        prog="probprec", description="Probabilistic preconditioning: demos and benchmarks."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="PreconditionedSGD and SGD side by side on scikit-learn's digits (no download)")
-    demo.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
-    demo.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the initialisation and batch order")
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors in one line."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _restart(text: str) -> str | int:
+    if text in ("default", "epoch", "optimizer", "never"):
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be default, epoch, optimizer, never or an integer >= 1, got {text!r}") from None
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="probprec", description="Probabilistic preconditioning: benchmarks and demos.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    bench = sub.add_parser("benchmark", help="the embedded benchmark (no download): runs, summary table, plots",
+                           description="Every problem that needs no download x PreconditionedSGD, AdaptiveSGD, "
+                                       "SGD, Adam x 3 seeds; writes results, summary.md/.csv and plots.")
+    bench.add_argument("--output-dir", default="results/benchmark", help="where results go (default %(default)s)")
+    bench.add_argument("--problems", nargs="+", metavar="PROBLEM", help="a subset of the embedded problems")
+    bench.add_argument("--optimizers", nargs="+", metavar="NAME", help="other optimizers")
+    bench.add_argument("--seeds", nargs="+", type=_seed, metavar="SEED", help="default: 42 43 44")
+    bench.add_argument("--quick", action="store_true", help="a few epochs per problem (a smoke test)")
+    bench.add_argument("--force", action="store_true", help="run again even where results exist (new files)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    run = sub.add_parser("run", help="one run of one problem with one optimizer",
+                         description="Train PROBLEM with OPTIMIZER and write one result file in DeepOBS's layout.")
+    run.add_argument("problem", help="a problem name (see `probprec list`)")
+    run.add_argument("--optimizer", required=True, help="an optimizer name, or a torch.optim class by path")
+    run.add_argument("--hp", nargs="+", default=[], metavar="KEY=VALUE",
+                     help="optimizer hyperparameters, e.g. --hp lr=0.1 momentum=0.9")
+    run.add_argument("--seed", type=_seed, default=42, help="random seed (default %(default)s)")
+    run.add_argument("--epochs", type=_positive_int, help="default: the problem's")
+    run.add_argument("--batch-size", type=_positive_int, help="default: the problem's")
+    run.add_argument("--l2", type=float, help="the problem's L2 coefficient (default: the problem's)")
+    run.add_argument("--restart", type=_restart, default="default",
+                     help="when to re-estimate: default (the problem's schedule), epoch, every N epochs, "
+                          "optimizer (its restart_interval), never")
+    run.add_argument("--data-dir", default="data", help="where data sets are (default %(default)s)")
+    run.add_argument("--download", action="store_true", help="download a missing data set into --data-dir")
+    run.add_argument("--output-dir", default="results", help="where results go (default %(default)s)")
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default %(default)s)")
+    run.add_argument("--force", action="store_true", help="run again even if a result exists (a new file)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub.add_parser("list", help="the problems and optimizers with their defaults",
+                   description="List the problems and optimizers with their defaults.")
+
+    demo = sub.add_parser("demo", help="PreconditionedSGD and SGD side by side on scikit-learn's digits",
+                          description="A quick side-by-side training on scikit-learn's digits (no download).")
+    demo.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default %(default)s)")
+    demo.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default %(default)s)")
+    demo.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation and batch order")
     demo.add_argument("--output-dir", default="results/demo", help="where demo.json and demo.png go")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        for name in ("epochs", "batch_size"):
-            if getattr(args, name) < 1:
-                parser.error(f"--{name.replace('_', '-')} must be an integer >= 1, got {getattr(args, name)}")
-        from .demo import run_demo
+    return parser
 
-        run_demo(args.epochs, args.batch_size, args.seed, args.output_dir)
+
+def _list() -> None:
+    from .optimizers import OPTIMIZERS
+    from .problems import PROBLEMS
+
+    print("problems (name, batch size, epochs, L2, metric, data):")
+    for name, cls in PROBLEMS.items():
+        data = cls.dataset or "embedded"
+        print(f"  {name:<22} {cls.batch_size:>5} {cls.epochs:>5} {cls.l2:>8g}  {cls.metric:<9} {data:<9} "
+              f"{cls.description}")
+    print("\noptimizers (name, defaults; tuned learning rates per problem where known):")
+    for name, spec in OPTIMIZERS.items():
+        defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items()) or "lr estimated"
+        if name.startswith("PreconditionedTuned"):
+            defaults = "lr required unless tuned"
+        tuned = f"; tuned lr for {', '.join(spec.tuned_lr)}" if spec.tuned_lr else ""
+        print(f"  {name:<28} {defaults}{tuned}  ({spec.description})")
+    print("  any torch.optim class by its path, e.g. torch.optim.RMSprop --hp lr=0.01")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .optimizers import parse_hyperparameters
+    from .runner import ConfigError, RunConfig, run
+
+    try:
+        hyperparams = parse_hyperparameters(args.hp)
+        config = RunConfig(
+            args.problem, args.optimizer, hyperparams, seed=args.seed, epochs=args.epochs,
+            batch_size=args.batch_size, l2=args.l2, restart=args.restart, data_dir=args.data_dir,
+            download=args.download, output_dir=args.output_dir, force=args.force, device=args.device,
+            progress=not args.no_progress,
+        )
+        result = run(config)
+    except (ConfigError, ValueError) as error:
+        print(f"probprec: error: {error}", file=sys.stderr)
+        return 2
+    record = result.record
+    line = (f"{result.status}: {record.get('testproblem')} {record.get('optimizer_name')} "
+            f"seed {record.get('random_seed')}")
+    if record.get("test_losses"):
+        line += f", final test loss {record['test_losses'][-1]:.4g}"
+        if record.get("test_accuracies"):
+            line += f", test accuracy {record['test_accuracies'][-1]:.4f}"
+    if record.get("status_reason"):
+        line += f" ({record['status_reason']})"
+    print(f"{line}\n  {result.path}")
+    return EXIT_CODES[result.status]
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import run_benchmark
+    from .problems import EMBEDDED
+    from .runner import ConfigError
+
+    unknown = [p for p in args.problems or [] if p not in EMBEDDED]
+    if unknown:
+        print(f"probprec: error: not an embedded problem: {', '.join(unknown)} (embedded: {', '.join(EMBEDDED)})",
+              file=sys.stderr)
+        return 2
+    try:
+        results = run_benchmark(args.output_dir, args.problems, args.optimizers, args.seeds, args.quick,
+                                args.force, progress=not args.no_progress)
+    except ConfigError as error:
+        print(f"probprec: error: {error}", file=sys.stderr)
+        return 2
+    return 1 if any(r.status in ("failed", "interrupted") for r in results) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run the chosen command; returns the exit status."""
+    args = _build_parser().parse_args(argv)
+    if args.command == "list":
+        _list()
+        return 0
+    if args.command == "run":
+        return _run(args)
+    if args.command == "benchmark":
+        return _benchmark(args)
+    from .demo import run_demo
+
+    run_demo(args.epochs, args.batch_size, args.seed, args.output_dir)
     return 0
 
 

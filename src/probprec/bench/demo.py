@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -20,6 +18,8 @@ import torch
 from torch import nn
 
 from probprec import PreconditionedSGD
+
+from .results import write_text_atomic
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -91,13 +91,6 @@ def train(name: str, epochs: int, batch_size: int, seed: int, data) -> DemoResul
     return result
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def plot(results: list[DemoResult], path: Path) -> None:
     import matplotlib
 
@@ -140,7 +133,7 @@ def run_demo(epochs: int = 10, batch_size: int = 32, seed: int = 0, output_dir: 
              f"{b.test_accuracy[e]:>6.3f} {step if step is None else format(step, '.4g'):>10}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "demo.json", json.dumps([asdict(r) for r in results], indent=2))
+    write_text_atomic(out / "demo.json", json.dumps([asdict(r) for r in results], indent=2))
     try:
         plot(results, out / "demo.png")
         echo(f"\nwrote {out / 'demo.json'} and {out / 'demo.png'}")

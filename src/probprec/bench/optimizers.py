@@ -1,0 +1,147 @@
+"""Optimizers by name, with their default hyperparameters and the tuned learning rates that are known.
+
+Names: the baselines ``SGD``, ``Momentum`` (SGD with momentum 0.9, as in the
+thesis) and ``Adam``; the variants of :mod:`probprec`; the thesis's tuned
+variants; and any ``torch.optim`` class by its dotted path
+(``torch.optim.RMSprop``), which then needs its hyperparameters (``--hp lr=0.01``).
+
+Learning rates: where DeepOBS tuned one for a problem (the v1.1 TensorFlow
+baselines, spec/benchmark-protocol.md §7, chosen on the test set there) or the
+thesis used one (Table 4.1), it is the default for that problem; on the embedded
+problems, SGD's and Adam's were tuned on validation by
+``benchmarks/tune_embedded.py``; elsewhere a generic default is used. Every
+default can be overridden.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import probprec
+
+__all__ = ["OPTIMIZERS", "OptimizerSpec", "UnknownOptimizerError", "get_optimizer", "parse_hyperparameters"]
+
+
+class UnknownOptimizerError(KeyError):
+    """No optimizer has this name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """How to build an optimizer by name."""
+
+    name: str
+    factory: Callable[..., torch.optim.Optimizer]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    tuned_lr: dict[str, float] = field(default_factory=dict)
+    """Learning rates known to be good per problem (used unless ``lr`` is given)."""
+    second_order: bool = False
+    description: str = ""
+
+    def hyperparameters(self, problem: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults, the problem's tuned learning rate, then the user's overrides."""
+        hp = dict(self.defaults)
+        if problem in self.tuned_lr:
+            hp["lr"] = self.tuned_lr[problem]
+        hp.update(overrides or {})
+        return hp
+
+    def build(self, params: Iterable[Any], hyperparameters: dict[str, Any]) -> torch.optim.Optimizer:
+        """Construct the optimizer; a bad hyperparameter raises ValueError naming it."""
+        try:
+            return self.factory(params, **hyperparameters)
+        except TypeError as error:
+            raise ValueError(f"optimizer {self.name}: {error}") from None
+
+
+# DeepOBS v1.1 baselines (TensorFlow, 10 seeds, best final test metric of a 36-point grid).
+_DEEPOBS_SGD = {"quadratic_deep": 1.585e-2, "fmnist_2c2d": 1.585e-1, "cifar10_3c3d": 6.310e-2,
+                "cifar100_allcnnc": 1.585e-1, "svhn_wrn164": 2.512e-2}
+_DEEPOBS_ADAM = {"quadratic_deep": 3.981e-2, "fmnist_2c2d": 2.512e-4, "cifar10_3c3d": 3.981e-4,
+                 "cifar100_allcnnc": 1.0e-3, "svhn_wrn164": 1.585e-4}
+# The embedded problems, tuned by benchmarks/tune_embedded.py: a half-decade grid from 1e-4 to 1, seed 42,
+# the best final validation metric (on two_d_beale, SGD diverges at every point of the grid).
+_EMBEDDED_SGD = {"two_d_rosenbrock": 1e-3, "two_d_branin": 3.162e-2, "paper_regression": 1e-2, "digits_mlp": 1.0,
+                 "digits_cnn": 3.162e-1, "digits_mlp_layerwise": 1.0}
+_EMBEDDED_ADAM = {"two_d_rosenbrock": 3.162e-1, "two_d_beale": 1e-1, "two_d_branin": 1e-1, "paper_regression": 1e-2,
+                  "digits_mlp": 1e-2, "digits_cnn": 1e-2, "digits_mlp_layerwise": 1e-2}
+# The thesis's tuned learning rates (thesis Table 4.1; the DeepOBS PyTorch grid search it used).
+_THESIS_SGD = {"fmnist_2c2d": 0.11288378916846883, "cifar10_3c3d": 0.04832930238571752}
+_THESIS_MOMENTUM = {"fmnist_2c2d": 0.02069138081114788, "cifar10_3c3d": 0.00379269019073225}
+
+
+def _specs() -> dict[str, OptimizerSpec]:
+    sgd = {**_EMBEDDED_SGD, **_DEEPOBS_SGD, **_THESIS_SGD}
+    adam = {**_EMBEDDED_ADAM, **_DEEPOBS_ADAM}
+    specs = [
+        OptimizerSpec("SGD", torch.optim.SGD, {"lr": 0.01}, sgd, description="plain SGD"),
+        OptimizerSpec("Momentum", torch.optim.SGD, {"lr": 0.01, "momentum": 0.9}, _THESIS_MOMENTUM,
+                      description="SGD with momentum 0.9"),
+        OptimizerSpec("Adam", torch.optim.Adam, {"lr": 1e-3}, adam, description="Adam"),
+        OptimizerSpec("PreconditionedSGD", probprec.PreconditionedSGD, second_order=True,
+                      description="estimated step size and preconditioner (thesis (1)-(4))"),
+        OptimizerSpec("AdaptiveSGD", probprec.AdaptiveSGD, second_order=True,
+                      description="estimated step size; preconditioner built, not applied ((1)-(3))"),
+        OptimizerSpec("OnlyAdaptiveSGD", probprec.OnlyAdaptiveSGD, second_order=True,
+                      description="estimated step size only ((1)-(2))"),
+        OptimizerSpec("PreconditionedMomentum", probprec.PreconditionedMomentum, second_order=True,
+                      description="momentum 0.9 inside, estimated step size, preconditioned"),
+        OptimizerSpec("PreconditionedAdam", probprec.PreconditionedAdam, second_order=True,
+                      description="Adam inside, estimated step size, preconditioned"),
+        OptimizerSpec("PreconditionedTunedSGD", probprec.PreconditionedTunedSGD, {}, _THESIS_SGD,
+                      second_order=True, description="fixed tuned lr, preconditioned (thesis (1),(3),(4))"),
+        OptimizerSpec("PreconditionedTunedMomentum", probprec.PreconditionedTunedMomentum, {}, _THESIS_MOMENTUM,
+                      second_order=True, description="momentum 0.9, fixed tuned lr, preconditioned"),
+    ]
+    return {spec.name: spec for spec in specs}
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = _specs()
+
+
+def get_optimizer(name: str) -> OptimizerSpec:
+    """The optimizer called ``name``, or a ``torch.optim`` (or any) Optimizer class by its dotted path."""
+    if name in OPTIMIZERS:
+        return OPTIMIZERS[name]
+    if "." in name:
+        module_name, _, attribute = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError):
+            cls = None
+        if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer):
+            second = issubclass(cls, probprec.Preconditioner)
+            return OptimizerSpec(name, cls, second_order=second, description=f"{name} by path")
+    raise UnknownOptimizerError(
+        f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}, "
+        "or a torch.optim class by its path (e.g. torch.optim.RMSprop)"
+    )
+
+
+def parse_hyperparameters(pairs: Iterable[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings; values are Python literals (``0.1``, ``True``, ``(0.9, 0.999)``) or strings.
+
+    Example:
+        >>> parse_hyperparameters(["lr=0.1", "nesterov=True", "betas=(0.9, 0.99)", "name=x"])
+        {'lr': 0.1, 'nesterov': True, 'betas': (0.9, 0.99), 'name': 'x'}
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"hyperparameter {pair!r} must look like name=value")
+        try:
+            out[key] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            out[key] = text.strip()
+    return out

@@ -107,10 +107,14 @@ class Summary:
             acc = "" if r["test_accuracy_median"] is None else _spread(r, "test_accuracy", ".3f")
             lines.append(f"| {r['problem']} | {r['optimizer']} | {r['runs']} | {r['status']} | "
                          f"{_spread(r, 'test_loss', '.4g')} | {acc} | {_spread(r, 'train_loss', '.4g')} | "
-                         f"{r['seconds_per_epoch']:.3f} |")
+                         f"{_seconds(r['seconds_per_epoch'])} |")
         note = ("\nMedians over seeds with the lowest and highest value in brackets; final = after the last "
                 "epoch a run completed.\n")
         return "\n".join(lines) + "\n" + note
+
+
+def _seconds(value: float) -> str:
+    return "n/a" if value != value else f"{value:.3f}"  # NaN: no epoch completed
 
 
 def _spread(row: dict[str, Any], key: str, fmt: str) -> str:

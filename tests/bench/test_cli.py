@@ -88,6 +88,7 @@ def test_list(capsys):
     out = capsys.readouterr().out
     for name in PROBLEMS:
         assert name in out
+    assert "2,748,890" in out  # svhn_wrn164's parameter count
     assert "PreconditionedTunedMomentum" in out and "torch.optim" in out
 
 

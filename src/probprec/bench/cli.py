@@ -104,11 +104,13 @@ def _list() -> None:
     from .optimizers import OPTIMIZERS
     from .problems import PROBLEMS
 
-    print("problems (name, batch size, epochs, L2, metric, data):")
+    print("problems (name, parameters, batch size, epochs, L2, metric, data):")
     for name, cls in PROBLEMS.items():
         data = cls.dataset or "embedded"
-        print(f"  {name:<22} {cls.batch_size:>5} {cls.epochs:>5} {cls.l2:>8g}  {cls.metric:<9} {data:<9} "
-              f"{cls.description}")
+        problem = cls()
+        count = problem.count_parameters(problem.model())
+        print(f"  {name:<22} {count:>10,} {cls.batch_size:>5} {cls.epochs:>5} {cls.l2:>8g}  {cls.metric:<9} "
+              f"{data:<9} {cls.description}")
     print("\noptimizers (name, defaults; tuned learning rates per problem where known):")
     for name, spec in OPTIMIZERS.items():
         defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items()) or "lr estimated"
@@ -164,7 +166,9 @@ def _benchmark(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"probprec: error: {error}", file=sys.stderr)
         return 2
-    return 1 if any(r.status in ("failed", "interrupted") for r in results) else 0
+    if any(r.status == "interrupted" for r in results):
+        return 130
+    return 1 if any(r.status == "failed" for r in results) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

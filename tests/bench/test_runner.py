@@ -152,3 +152,14 @@ def test_param_group_problem_gets_a_step_size_per_group(tmp_path):
                            progress=False))
     sizes = result.record["optimizer_logs"][-1]["step_sizes"]
     assert len(sizes) == 2 and sizes[0] != sizes[1]
+
+
+@pytest.mark.parametrize("problem", ["fmnist_2c2d", "cifar10_3c3d", "mnist35_logreg"])
+def test_image_problems_run_end_to_end_on_generated_files(tmp_path, data_dir, problem):
+    result = run(RunConfig(problem, "PreconditionedSGD", {"prior_iterations": 1, "num_observations": 2}, epochs=2,
+                           batch_size=8, data_dir=str(data_dir), output_dir=str(tmp_path), progress=False))
+    assert result.status == "completed", result.record["status_reason"]
+    record = strict_load(result.path)
+    assert len(record["test_accuracies"]) == 3 and 0 <= record["test_accuracies"][-1] <= 1
+    sizes = record["problem"]
+    assert sizes["train_size"] + sizes["valid_size"] == (60 if problem != "mnist35_logreg" else 30)

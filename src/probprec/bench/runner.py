@@ -411,7 +411,9 @@ def _progress(enabled: bool, total: int, done: int, description: str):
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is part of the bench extra
         return _NoProgress()
-    return tqdm(total=total, initial=done, desc=description, unit="step", leave=False, dynamic_ncols=True)
+    # disable=None: no bar when the output is not a terminal (logs, CI)
+    return tqdm(total=total, initial=done, desc=description, unit="step", leave=False, dynamic_ncols=True,
+                disable=None)
 
 
 def config_dict(config: RunConfig) -> dict[str, Any]:

@@ -25,11 +25,19 @@ __all__ = [
 ]
 
 
-class _PerSampleLoss(nn.Module):
-    """Base for models whose forward pass returns the per-sample loss."""
+class _PerSampleLoss(Problem):
+    """Problems whose model returns the per-sample loss, and that have no accuracy."""
+
+    metric = "loss"
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return outputs.mean()
+
+    def correct(self, outputs: Tensor, targets: Tensor) -> None:
+        return None
 
 
-class _QuadraticModel(_PerSampleLoss):
+class _QuadraticModel(nn.Module):
     def __init__(self, hessian: Tensor):
         super().__init__()
         self.theta = nn.Parameter(torch.ones(hessian.shape[0]))
@@ -40,7 +48,7 @@ class _QuadraticModel(_PerSampleLoss):
         return 0.5 * ((e @ self.hessian) * e).sum(1)
 
 
-class QuadraticDeep(Problem):
+class QuadraticDeep(_PerSampleLoss):
     r"""DeepOBS's quadratic_deep: a noisy 100-dimensional quadratic with a deep-learning-like spectrum.
 
     Per-sample loss :math:`\tfrac12 (\theta - x)^\top H (\theta - x)` with
@@ -54,7 +62,6 @@ class QuadraticDeep(Problem):
 
     name = "quadratic_deep"
     description = "noisy 100-d quadratic with 10 large and 90 small eigenvalues (DeepOBS)"
-    metric = "loss"
     batch_size = 128
     epochs = 100
     restart_every = 10
@@ -70,12 +77,6 @@ class QuadraticDeep(Problem):
     def model(self) -> nn.Module:
         return _QuadraticModel(self.hessian.clone())
 
-    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return outputs.mean()
-
-    def correct(self, outputs: Tensor, targets: Tensor) -> None:
-        return None
-
     def splits(self, data_dir: str | Path = "", download: bool = False) -> Splits:
         def draws(seed: int) -> TensorDataset:
             x = torch.tensor(np.random.RandomState(seed).normal(0.0, 0.6, size=(1000, 100)), dtype=torch.float32)
@@ -85,7 +86,7 @@ class QuadraticDeep(Problem):
         return Splits(train=train, train_eval=train, valid=draws(44), test=draws(43))
 
 
-class _TwoDModel(_PerSampleLoss):
+class _TwoDModel(nn.Module):
     def __init__(self, function, start: tuple[float, float]):
         super().__init__()
         self.function = function
@@ -96,7 +97,7 @@ class _TwoDModel(_PerSampleLoss):
         return self.function(self.u, self.v) + self.u * noise[:, 0] + self.v * noise[:, 1]
 
 
-class _TwoD(Problem):
+class _TwoD(_PerSampleLoss):
     r"""A 2-D test function with additive gradient noise: :math:`f(u, v) + u x + v y`, :math:`(x, y) \sim N(0, I)`.
 
     As DeepOBS's TensorFlow version: 10,000 training draws (seed 42), validation
@@ -104,7 +105,6 @@ class _TwoD(Problem):
     parameters are two 1-element tensors.
     """
 
-    metric = "loss"
     batch_size = 128
     epochs = 20
     start: tuple[float, float]
@@ -115,12 +115,6 @@ class _TwoD(Problem):
 
     def model(self) -> nn.Module:
         return _TwoDModel(self.function, self.start)
-
-    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return outputs.mean()
-
-    def correct(self, outputs: Tensor, targets: Tensor) -> None:
-        return None
 
     def splits(self, data_dir: str | Path = "", download: bool = False) -> Splits:
         def draws(seed: int, n: int) -> TensorDataset:

@@ -52,6 +52,7 @@ from .posterior import PosteriorSystem, Rows, add_rows, posterior_factors
 __all__ = [
     "LowRank",
     "RitzCoefficients",
+    "eigen_from_factors",
     "orthonormalize_rows",
     "posterior_eigen",
     "rayleigh_ritz",
@@ -105,6 +106,18 @@ def _top_k(T: Tensor, keep: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     evals, evecs = torch.linalg.eigh(T)
     evals, evecs = evals.flip(-1)[..., :k], evecs.flip(-1)[..., :k]
     return evals, evecs, evals > 0.5 * floor[..., None]
+
+
+def _span_basis(S: Tensor, X: Tensor, rtol: float) -> tuple[Tensor, Tensor]:
+    """Orthonormal basis of the span of the rows of ``S`` and ``X``, and the mask of its valid columns.
+
+    The rows are normalised first, so that the rank decision does not depend on their scales.
+    """
+    rows = torch.cat((S, X))
+    norms = rows.norm(dim=1, keepdim=True)
+    rows = rows / torch.where(norms > 0, norms, torch.ones_like(norms))
+    W, _, _, keep = _orthonormal_basis(rows.mT, rtol)
+    return W, keep
 
 
 def _fix_signs(U: Tensor) -> Tensor:
@@ -193,14 +206,18 @@ def rayleigh_ritz(S: Rows, SS: Tensor, SY: Tensor, k: int, rtol: float = 1e-3) -
     return LowRank(U, ritz.eigvals, ritz.valid & finite)
 
 
-def posterior_eigen(S: Rows, Y: Rows, system: PosteriorSystem, k: int, rtol: float = 1e-5) -> LowRank:
-    r"""Top-k eigenpairs of the symmetric part of the posterior mean :math:`\hat B` (module docstring)."""
-    X = posterior_factors(S, Y, system)
+def eigen_from_factors(S: Rows, X: Tensor, mean: Tensor, width: Tensor, k: int, rtol: float = 1e-5) -> LowRank:
+    r"""Top-k eigenpairs of the symmetric part of :math:`b I + w^2 X^\top S` (module docstring)."""
     S = torch.stack(list(S))
-    W, _, _, keep = _orthonormal_basis(torch.cat((S, X)).mT, rtol)
-    small = system.M.dtype
-    SW, XW = (S @ W).to(small), (X @ W).to(small)
-    T = system.width**2 * (XW.mT @ SW)
+    W, keep = _span_basis(S, X.to(S.dtype), rtol)
+    small = accumulation_dtype(S.device)
+    SW, XW = (S @ W).to(small), (X.to(S.dtype) @ W).to(small)
+    T = width.to(small) ** 2 * (XW.mT @ SW)
     mu, Z, valid = _top_k(T, keep, min(k, W.shape[1]))
     U = (W @ Z.to(W.dtype)).mT
-    return LowRank(_fix_signs(U), system.mean + mu, valid & U.isfinite().all())
+    return LowRank(_fix_signs(U), mean.to(small) + mu, valid & U.isfinite().all())
+
+
+def posterior_eigen(S: Rows, Y: Rows, system: PosteriorSystem, k: int, rtol: float = 1e-5) -> LowRank:
+    r"""Top-k eigenpairs of the symmetric part of the posterior mean :math:`\hat B` (module docstring)."""
+    return eigen_from_factors(S, posterior_factors(S, Y, system), system.mean, system.width, k, rtol)

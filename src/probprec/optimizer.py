@@ -22,14 +22,26 @@ from ._precision import accumulation_dtype
 from .hvp import has_graph, hessian_vector_product
 from .posterior import (
     PosteriorSystem,
+    add_rows,
     combine_direction,
     direction_coefficients,
     direction_scale,
+    posterior_factors,
     posterior_system,
     row_dots,
 )
 from .precondition import condition_gain, newton_factors, paper_factors, precondition
 from .prior import curvature_sums, estimate_prior, noise_sums
+from .thesis import (
+    FIXES,
+    quirks_for,
+    reference_factors,
+    reference_noise,
+    singular_extraction,
+    thesis_direction_coefficients,
+    thesis_factors,
+    thesis_posterior,
+)
 
 __all__ = ["Preconditioner"]
 
@@ -37,6 +49,8 @@ _PHASES = ("prior", "posterior", "optimize")
 _STEP_RULES = ("newton", "paper")
 _EXTRACTIONS = ("ritz", "posterior")
 _OBSERVATIONS = ("next", "same")
+_MODES = ("default", "thesis")
+_POSTERIOR_QUIRKS = frozenset({"mixed_normalization", "inconsistent_prior_mean", "transposed_capacitance"})
 _MAX_EVENTS = 200
 _GROUP_TENSORS = ("curvature", "noise", "gram_ss", "gram_sy")  # per-group tensors in the state dict
 
@@ -44,6 +58,8 @@ _GROUP_TENSORS = ("curvature", "noise", "gram_ss", "gram_sy")  # per-group tenso
 _GRAD_SUM = "grad_sum"  # sum of the regularised prior gradients
 _PROBE = "probe"  # probe shared by a pair of prior minibatches
 _PROBE_HVP = "probe_hvp"  # HVP of the pair's first minibatch, then the pair's mean HVP
+_PROBE_SUM = "probe_sum"  # thesis mode, quirk probe_noise: sum of the prior's probes
+_HVP_SUM = "hvp_sum"  # thesis mode, quirk reference_schedule: sum of the prior's HVPs
 _DIRECTIONS = "directions"  # list of the flat directions s_i observed so far (at most K)
 _OBSERVATIONS_KEY = "observations"  # list of their products y_i
 _EIGVECS = "eigvecs"  # (k', n) estimated top curvature directions, orthonormal rows
@@ -171,6 +187,8 @@ class Preconditioner(Optimizer):
         restart_interval: int | None = None,
         build_preconditioner: bool = True,
         apply_preconditioner: bool = True,
+        mode: str = "default",
+        fixes: str | Iterable[str] = (),
         **optim_hyperparams: Any,
     ) -> None:
         self.est_rank = _check_int("est_rank", est_rank, 1)
@@ -204,6 +222,18 @@ class Preconditioner(Optimizer):
             )
         self.build_preconditioner = bool(build_preconditioner)
         self.apply_preconditioner = bool(apply_preconditioner)
+        self.mode = _check_choice("mode", mode, _MODES)
+        if mode == "default":
+            if fixes not in ((), "all") and list(fixes):
+                raise ValueError(f"fixes apply to mode='thesis' only, got fixes={fixes!r} with mode='default'")
+            self._quirks: frozenset[str] = frozenset()
+        else:
+            self._quirks = quirks_for(fixes if isinstance(fixes, str) else tuple(fixes))
+        self.fixes = tuple(sorted(f for f, quirk in FIXES.items() if quirk not in self._quirks))
+        if "same_batch_observations" in self._quirks:
+            self.observe = "same"
+        if "unorthogonalized_directions" in self._quirks:
+            self.orthogonalize = False
         for reserved in ("adaptive_lr", "step_size"):
             if reserved in optim_hyperparams:
                 raise ValueError(f"{reserved} is not a hyperparameter of the inner optimizer")
@@ -263,7 +293,10 @@ class Preconditioner(Optimizer):
     @property
     def create_graph(self) -> bool:
         """True exactly while the next ``step()`` needs curvature (pass it to ``backward``)."""
-        return self._cycle["phase"] != "optimize"
+        phase = self._cycle["phase"]
+        if phase == "posterior":  # the reference schedule's last step, and its idle posterior, need none
+            return not self._cycle.get("switch") and bool(self._posterior_groups())
+        return phase != "optimize"
 
     @property
     def phase(self) -> str:
@@ -279,8 +312,8 @@ class Preconditioner(Optimizer):
         """
         for p in self._all_params():
             state = self.state[p]
-            for key in (_GRAD_SUM, _PROBE, _PROBE_HVP, _DIRECTIONS, _OBSERVATIONS_KEY, _EIGVECS, _EIGVALS,
-                        _FACTORS):
+            for key in (_GRAD_SUM, _PROBE, _PROBE_HVP, _PROBE_SUM, _HVP_SUM, _DIRECTIONS, _OBSERVATIONS_KEY,
+                        _EIGVECS, _EIGVALS, _FACTORS):
                 state.pop(key, None)
         for gs in self._groups_state:
             gs.update(self._fresh_group_state(active=True))
@@ -432,7 +465,8 @@ class Preconditioner(Optimizer):
     _OWN_ATTRIBUTES = (
         "est_rank", "num_observations", "prior_iterations", "step_rule", "beta", "extraction",
         "observe", "orthogonalize", "noise_floor", "restart_interval", "build_preconditioner",
-        "apply_preconditioner", "optim_class", "_inner_keys", "_inner", "_plan", "_cycle", "_groups_state", "_log",
+        "apply_preconditioner", "mode", "fixes", "_quirks", "optim_class", "_inner_keys", "_inner", "_plan", "_cycle",
+        "_groups_state", "_log",
     )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -464,6 +498,9 @@ class Preconditioner(Optimizer):
                 self._estimate(loss)
         finally:
             self._release_graphs()
+            for p, h in self.__dict__.pop("_pollution", []):
+                if p.grad is not None:
+                    p.grad = p.grad + h.view_as(p)
         return loss
 
     # ------------------------------------------------------------- internals
@@ -521,7 +558,10 @@ class Preconditioner(Optimizer):
             )
         self._log["hvp_count"] += 1
         views = [v.view_as(p) for p, v in zip(params, vectors, strict=True)]
-        return [h.reshape(-1) for h in hessian_vector_product(params, grads, views)]
+        hvps = [h.reshape(-1) for h in hessian_vector_product(params, grads, views)]
+        if "polluted_gradient" in self._quirks:  # the reference leaves g + Hv in p.grad (added in step())
+            self._pollution = [(p, h.clone()) for p, h in zip(params, hvps, strict=True)]
+        return hvps
 
     def _all_finite(self, loss: Any, checks: list[Tensor]) -> str | None:
         """Return a reason if the loss or any checked sum is not finite (one host sync)."""
@@ -552,13 +592,19 @@ class Preconditioner(Optimizer):
     # So the prior's P HVPs also give the first of the K observations.
 
     def _final_start(self) -> int:
+        """First step of the prior's final group (P in the reference schedule, which has none)."""
         P = self.prior_iterations
+        if "reference_schedule" in self._quirks:
+            return P
+        if "probe_noise" in self._quirks:  # no pairs: the final group is the last step
+            return P - 1
         return P - 2 if P % 2 == 0 else P - 1
 
     def _prior_step(self, loss: Any) -> None:
         t = self._cycle["step"]
         final_start = self._final_start()
-        first_of_pair = t % 2 == 0
+        paired = "probe_noise" not in self._quirks
+        first_of_pair = t % 2 == 0 or not paired
         participants = self._participants(posterior=False)
         params = [p for _, _, ps in participants for p in ps]
         if not params:
@@ -606,6 +652,12 @@ class Preconditioner(Optimizer):
         pairs = []
         for p, v, h in zip(ps, probes, hvps, strict=True):
             state = self.state[p]
+            if "probe_noise" in self._quirks:
+                state[_PROBE_SUM] = v.clone() if _PROBE_SUM not in state else state[_PROBE_SUM].add_(v)
+            if "reference_schedule" in self._quirks:
+                state[_HVP_SUM] = h.clone() if _HVP_SUM not in state else state[_HVP_SUM].add_(h)
+                if "probe_noise" in self._quirks:
+                    continue
             first = state.pop(_PROBE_HVP, None) if not first_of_pair else None
             if first is None:
                 state[_PROBE_HVP] = h
@@ -629,10 +681,17 @@ class Preconditioner(Optimizer):
                 self._event("skip", "no parameter of this group had a gradient during the prior", i)
                 continue
             est = estimate_prior(gs["curvature"], gs["noise"], self.noise_floor)
-            alpha, mean, width, noise = torch.stack((est.step_size, est.mean, est.width, est.noise)).tolist()
+            noise_t, measured = est.noise, est.noise_measured
+            if "probe_noise" in self._quirks:
+                sums = [self.state[p][_PROBE_SUM] for p in group["params"] if _PROBE_SUM in self.state[p]]
+                sq_of_sum = torch.stack([torch.dot(v, v).to(gs["curvature"]) for v in sums]).sum()
+                noise_t, measured = reference_noise(gs["curvature"][2], sq_of_sum, self.prior_iterations), True
+            alpha, mean, width, noise = torch.stack((est.step_size, est.mean, est.width, noise_t)).tolist()
             gs["prior"] = {"step_size": alpha, "mean": mean, "width": width, "noise": noise,
-                           "noise_measured": est.noise_measured}
+                           "noise_measured": measured}
             valid = math.isfinite(alpha) and alpha > 0 and math.isfinite(noise)
+            if "unguarded_step_size" in self._quirks:
+                valid = True
             gs["posterior"] = valid and self.build_preconditioner
             if valid:
                 group["step_size"] = alpha
@@ -647,10 +706,15 @@ class Preconditioner(Optimizer):
         for i, _ in posterior:
             self._first_observation(i)
         for p in self._all_params():
-            for key in (_GRAD_SUM, _PROBE, _PROBE_HVP):
+            for key in (_GRAD_SUM, _PROBE, _PROBE_HVP, _PROBE_SUM, _HVP_SUM):
                 self.state[p].pop(key, None)
         self._cycle.update(phase="posterior", step=0, observed=1)
-        if not posterior or self.num_observations == 1:
+        if "reference_schedule" in self._quirks:
+            # K - 1 posterior minibatches (idle without a posterior), then one without an HVP
+            self._cycle["switch"] = self.num_observations == 1
+            if posterior and self.observe == "next" and self.num_observations > 1:
+                self._form_directions(1)
+        elif not posterior or self.num_observations == 1:
             self._finish_estimate()
         elif self.observe == "next":
             self._form_directions(1)
@@ -699,13 +763,20 @@ class Preconditioner(Optimizer):
         gs["gram_ss"] = torch.zeros((len(params), K, K), dtype=small, device=device)
         gs["gram_sy"] = torch.zeros((len(params), K, K), dtype=small, device=device)
         entries = []
+        reference = "reference_schedule" in self._quirks
+        P = self.prior_iterations
         for p in params:
             state = self.state[p]
-            probe, hvp = state.pop(_PROBE, None), state.pop(_PROBE_HVP, None)
+            if reference:  # the means of the prior's gradients and of its HVPs along them
+                probe, hvp = state.pop(_GRAD_SUM, None), state.pop(_HVP_SUM, None)
+                scale = -alpha / P
+            else:
+                probe, hvp = state.pop(_PROBE, None), state.pop(_PROBE_HVP, None)
+                scale = -alpha
             if probe is None or hvp is None:
                 s0, y0 = p.new_zeros(p.numel()), p.new_zeros(p.numel())
             else:  # the prior's buffers become the first row of S and of Y
-                s0, y0 = probe.mul_(-alpha), hvp.mul_(-alpha)
+                s0, y0 = probe.mul_(scale), hvp.mul_(scale)
             state[_DIRECTIONS], state[_OBSERVATIONS_KEY] = [s0], [y0]
             entries.append(torch.stack((torch.dot(s0, s0), torch.dot(s0, y0))).to(device, small))
         entries_t = torch.stack(entries)
@@ -713,13 +784,18 @@ class Preconditioner(Optimizer):
         gs["gram_sy"][:, 0, 0] = entries_t[:, 1]
 
     def _posterior_step(self, loss: Any) -> None:
+        if self._cycle.get("switch"):  # the reference schedule's extra minibatch: extract and update
+            self._finish_estimate()
+            return
         j = self._cycle["observed"]
         checks: list[Tensor] = []
-        if self.observe == "same":
+        building = bool(self._posterior_groups())
+        if building and self.observe == "same":
             checks += self._form_directions(j)
-        checks += self._observe(j)
+        if building:
+            checks += self._observe(j)
         observed = j + 1
-        if self.observe == "next" and observed < self.num_observations:
+        if building and self.observe == "next" and observed < self.num_observations:
             checks += self._form_directions(observed)
         elif observed == self.num_observations:
             checks += [p.grad.norm() for p in self._all_params() if p.grad is not None]
@@ -729,7 +805,10 @@ class Preconditioner(Optimizer):
             return
         self._cycle.update(step=self._cycle["step"] + 1, observed=observed)
         if observed == self.num_observations:
-            self._finish_estimate()
+            if "reference_schedule" in self._quirks:
+                self._cycle["switch"] = True
+            else:
+                self._finish_estimate()
 
     def _observe(self, j: int) -> list[Tensor]:
         """Observe direction ``j`` of every tensor on this minibatch (one HVP for all) and extend S Y'."""
@@ -756,28 +835,54 @@ class Preconditioner(Optimizer):
             checks.append(column)
         return checks
 
+    def _thesis_posterior(self, index: int, m: int):
+        """The reference's posterior of group ``index`` over ``m`` observations (thesis mode)."""
+        gs = self._groups_state[index]
+        prior = gs["prior"]
+        alpha = prior["step_size"]
+        if "inconsistent_prior_mean" in self._quirks:
+            shift = 1.0 if m == 1 else alpha  # the setup's residual Y - S, later Y - alpha S
+        else:
+            shift = 1.0 / alpha
+        return thesis_posterior(gs["gram_ss"][:, :m, :m], gs["gram_sy"][:, :m, :m], alpha, prior["width"],
+                                prior["noise"], "mixed_normalization" in self._quirks, shift)
+
+    def _coefficients(self, index: int, j: int, Sg: Tensor):
+        """Coefficients of direction ``j`` and the prior mean :math:`b_B` they use."""
+        if self._quirks & _POSTERIOR_QUIRKS:
+            post = self._thesis_posterior(index, j)
+            return thesis_direction_coefficients(post, Sg, "transposed_capacitance" in self._quirks), post.mean, False
+        system = self._group_system(index, j)
+        return direction_coefficients(system, Sg, self.orthogonalize), system.mean, self.orthogonalize
+
     def _form_directions(self, j: int) -> list[Tensor]:
         """Set direction ``j`` of every tensor from this minibatch's gradient and observations ``0..j-1``."""
         checks = []
         for i, group in self._posterior_groups():
-            gs, wd = self._groups_state[i], group["weight_decay"]
+            gs = self._groups_state[i]
+            wd = 0.0 if "unregularized_directions" in self._quirks else group["weight_decay"]
             params = group["params"]
-            system = self._group_system(i, j)
-            small = system.M
+            small = gs["gram_ss"]
             grads = [None if p.grad is None else self._regularised_grad(p, wd) for p in params]
             Sg = torch.stack([
                 (torch.zeros(j, device=small.device) if g is None else row_dots(self.state[p][_DIRECTIONS][:j], g))
                 .to(small) for p, g in zip(params, grads, strict=True)
             ])
-            coef = direction_coefficients(system, Sg, self.orthogonalize)
+            coef, mean, projected = self._coefficients(i, j, Sg)
             directions, norms = [], []
             for t, (p, g) in enumerate(zip(params, grads, strict=True)):
                 state = self.state[p]
                 if g is None:
                     s = p.new_zeros(p.numel())
                 else:
-                    s = combine_direction(g, state[_DIRECTIONS][:j], state[_OBSERVATIONS_KEY][:j], system.mean,
+                    s = combine_direction(g, state[_DIRECTIONS][:j], state[_OBSERVATIONS_KEY][:j], mean,
                                           (coef.observations[t], coef.directions[t]))
+                    if self.orthogonalize and not projected:  # thesis posterior: project numerically
+                        S_rows = state[_DIRECTIONS][:j]
+                        sq = torch.stack([torch.dot(r, r) for r in S_rows])
+                        before = torch.linalg.vector_norm(s)
+                        add_rows(s, S_rows, -row_dots(S_rows, s) / torch.where(sq > 0, sq, torch.ones_like(sq)))
+                        coef.projected_sqnorm[t] = (before**2 - torch.linalg.vector_norm(s) ** 2).clamp_min(0)
                 directions.append(s)
                 norms.append(torch.linalg.vector_norm(s))
             norm = torch.stack([x.to(small) for x in norms])
@@ -808,16 +913,34 @@ class Preconditioner(Optimizer):
         index_of = {id(p): j for j, p in enumerate(self._all_params())}
         K = self.num_observations
         pending = []
+        singular = "singular_values" in self._quirks
+        thesis_posterior_used = bool(self._quirks & _POSTERIOR_QUIRKS)
         for i, group in self._posterior_groups():
             gs = self._groups_state[i]
-            if self.extraction == "ritz":
+            if not singular and self.extraction == "ritz":
                 ritz = _lowrank.ritz_coefficients(gs["gram_ss"], gs["gram_sy"], self.est_rank)
+            elif thesis_posterior_used:
+                post = self._thesis_posterior(i, K)
             for t, p in enumerate(group["params"]):
                 state = self.state[p]
                 S, Y = state.pop(_DIRECTIONS), state.pop(_OBSERVATIONS_KEY)
                 if p.dtype not in (torch.float32, torch.float64):  # half precision: extract in float32
                     S, Y = [r.float() for r in S], [r.float() for r in Y]
-                if self.extraction == "ritz":
+                if singular or (thesis_posterior_used and self.extraction == "posterior"):
+                    if thesis_posterior_used:
+                        one = post._replace(**{f: getattr(post, f)[t] for f in ("SS", "SY", "K", "Minv_unit")})
+                        X, mean, width = thesis_factors(S, Y, one), one.mean, one.width
+                    else:
+                        system = self._group_system(i, K)
+                        one = posterior_system(system.SS[t], system.SY[t], system.mean, system.width,
+                                               torch.tensor(gs["prior"]["noise"], dtype=system.M.dtype,
+                                                            device=system.M.device))
+                        X, mean, width = posterior_factors(S, Y, one), one.mean, one.width
+                    if singular:
+                        low = singular_extraction(S, X, mean, width, self.est_rank)
+                    else:
+                        low = _lowrank.eigen_from_factors(S, X, mean, width, self.est_rank)
+                elif self.extraction == "ritz":
                     if self.apply_preconditioner:
                         U, finite = _lowrank.ritz_vectors(ritz.coefficients[t], S)
                     else:  # the values are logged, the vectors would not be used
@@ -852,7 +975,9 @@ class Preconditioner(Optimizer):
                 continue
             values = torch.tensor(eigvals, dtype=torch.float64)
             mask = torch.tensor(valid, dtype=torch.bool)
-            if self.step_rule == "newton":
+            if "absolute_units" in self._quirks:
+                factors = reference_factors(values, mask)
+            elif self.step_rule == "newton":
                 mean = torch.tensor(self._groups_state[i]["prior"]["mean"], dtype=torch.float64)
                 factors = newton_factors(values, mask, mean)
             else:
@@ -862,7 +987,7 @@ class Preconditioner(Optimizer):
             # directions (factor != 0) are a prefix of the valid ones.
             num_valid = sum(valid)
             flist = factors.tolist()[:num_valid]
-            num_active = next((j for j, f in enumerate(flist) if f == 0.0), num_valid)
+            num_active = max((j + 1 for j, f in enumerate(flist) if f != 0.0), default=0)
             entry = {"eigenvalues": kept, "preconditioned": 0}
             if self.apply_preconditioner and num_valid:
                 state = self.state[p]
@@ -877,6 +1002,8 @@ class Preconditioner(Optimizer):
         self._log["tensors"] = tensors_log
         self._log["cycles_completed"] += 1
         self._plan = None
+        if "inner_rebuilt" in self._quirks:  # the reference builds a new inner optimizer: its state resets
+            self._inner.state.clear()  # type: ignore[union-attr]
         self._cycle.update(phase="optimize", step=0, optimize_steps=0)
         self._optimize_no_grad()
 
@@ -923,6 +1050,8 @@ class Preconditioner(Optimizer):
                     continue
                 inner_group["lr"] = lr
                 wd = group["weight_decay"]
+                if "unregularized_directions" in self._quirks:  # the inner optimizer adds the decay
+                    inner_group["weight_decay"], wd = wd, 0.0
                 for p, U, factors in entries:
                     g = p.grad
                     if g is None:
@@ -932,10 +1061,14 @@ class Preconditioner(Optimizer):
                         flat = flat.add(p.detach().reshape(-1), alpha=wd)
                     if U is not None:
                         flat = precondition(flat, U, factors)  # type: ignore[arg-type]
+                    elif not wd:
+                        continue
                     swapped.append((p, g))
                     p.grad = flat.view_as(p)
             inner.step()
         finally:
+            polluted = "polluted_gradient" in self._quirks  # the reference leaves P g in p.grad
             for p, g in swapped:
-                p.grad = g
+                if not (polluted and p.grad is not None):
+                    p.grad = g
         self._cycle["optimize_steps"] += 1

@@ -119,6 +119,23 @@ def test_interrupt_records_and_resumes_to_the_same_result(tmp_path, monkeypatch)
     assert not list((tmp_path / "run").rglob(".checkpoint*"))
 
 
+def test_interrupt_before_the_first_checkpoint_leaves_one_record(tmp_path, monkeypatch):
+    original = QuadraticDeep.loss
+
+    def interrupting(self, outputs, targets):
+        if torch.is_grad_enabled():
+            raise KeyboardInterrupt("SIGTERM")
+        return original(self, outputs, targets)
+
+    monkeypatch.setattr(QuadraticDeep, "loss", interrupting)
+    config = quadratic(tmp_path, epochs=3, optimizer="SGD")
+    assert run(config).status == "interrupted"
+    monkeypatch.setattr(QuadraticDeep, "loss", original)
+    assert run(config).status == "completed"
+    [path] = list(tmp_path.rglob("*.json"))
+    assert strict_load(path)["status"] == "completed"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_killed_process_resumes_to_the_same_result(tmp_path, sig):
     args = [sys.executable, "-m", "probprec.bench.cli", "run", "quadratic_deep", "--optimizer", "SGD",
@@ -129,7 +146,7 @@ def test_killed_process_resumes_to_the_same_result(tmp_path, sig):
     process = subprocess.Popen([*args, "--output-dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     deadline = time.time() + 60
-    while not list(out.rglob(".checkpoint*")) and time.time() < deadline and process.poll() is None:
+    while not list(out.rglob(".checkpoint__*.pt")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.01)
     assert process.poll() is None, "the run finished before it could be interrupted"
     os.kill(process.pid, sig)

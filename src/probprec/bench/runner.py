@@ -291,7 +291,12 @@ def run(config: RunConfig) -> RunResult:
         _set_rng_state(checkpoint["rng"], loader_generator)
     path = result_path(config.output_dir, problem.name, spec.name, folder.name, config.seed, started)
     if start_epoch == 0:
-        while path.exists():  # never overwrite a result: a later start time names the new file
+        stale = [(p, r) for p, r in existing_results(folder, config.seed) if r.get("status") == "interrupted"]
+        if stale:  # interrupted before its first checkpoint: this run replaces that record
+            path = stale[-1][0]
+            record["metadata"]["started"] = stale[-1][1]["metadata"]["started"]
+        stale_paths = [p for p, _ in stale]
+        while path.exists() and path not in stale_paths:  # never overwrite a result: a later time names it
             started += timedelta(seconds=1)
             record["metadata"]["started"] = started.isoformat(timespec="seconds")
             path = result_path(config.output_dir, problem.name, spec.name, folder.name, config.seed, started)

@@ -87,6 +87,17 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="run again even if a result exists (a new file)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    ablation = sub.add_parser("ablation", help="the thesis mode, the default mode and each fix alone (issue 4)",
+                              description="PreconditionedSGD in the default mode, the thesis mode, and the thesis "
+                                          "mode with each single fix; writes ablation.md.")
+    ablation.add_argument("--scale", default="smoke", help="a section of experiments/ablation.toml (smoke, full)")
+    ablation.add_argument("--config", help="another ablation file (default experiments/ablation.toml)")
+    ablation.add_argument("--seeds", nargs="+", type=_seed, metavar="SEED", help="default: the file's")
+    ablation.add_argument("--output-dir", default="results/ablation", help="where runs and the report go")
+    ablation.add_argument("--data-dir", default="data", help="where data sets are (full scale)")
+    ablation.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
+    ablation.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     sub.add_parser("list", help="the problems and optimizers with their defaults",
                    description="List the problems and optimizers with their defaults.")
 
@@ -170,6 +181,19 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
+def _ablation(args: argparse.Namespace) -> int:
+    from .ablation import run_ablation
+    from .runner import ConfigError
+
+    try:
+        run_ablation(args.output_dir, args.scale, args.config, args.seeds, args.data_dir, args.device,
+                     progress=not args.no_progress)
+    except (ConfigError, ValueError, OSError) as error:
+        print(f"probprec: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the chosen command; returns the exit status."""
     args = _build_parser().parse_args(argv)
@@ -180,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "benchmark":
         return _benchmark(args)
+    if args.command == "ablation":
+        return _ablation(args)
     from .demo import run_demo
 
     run_demo(args.epochs, args.batch_size, args.seed, args.output_dir)

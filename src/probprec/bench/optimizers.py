@@ -102,6 +102,12 @@ def _specs() -> dict[str, OptimizerSpec]:
         OptimizerSpec("PreconditionedTunedMomentum", probprec.PreconditionedTunedMomentum, {}, _THESIS_MOMENTUM,
                       second_order=True, description="momentum 0.9, fixed tuned lr, preconditioned"),
     ]
+    thesis = {"mode": "thesis"}
+    specs += [
+        OptimizerSpec(f"Thesis{spec.name}", spec.factory, {**spec.defaults, **thesis}, spec.tuned_lr,
+                      second_order=True, description=f"{spec.name} with the 2019 arithmetic (mode='thesis')")
+        for spec in list(specs) if spec.second_order
+    ]
     return {spec.name: spec for spec in specs}
 
 

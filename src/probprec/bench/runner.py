@@ -351,6 +351,7 @@ def run(config: RunConfig) -> RunResult:
                 if epoch + 1 < epochs:
                     _save_checkpoint(checkpoint_path, model, optimizer, record, epoch + 1, loader_generator)
         record.update(status="completed", stopped_at_step=step, stopped_at_epoch=epochs)
+        record["diagnostics"] = problem.diagnostics(model, optimizer)
     except _Diverged as diverged:
         record.update(status="diverged", status_reason=str(diverged), stopped_at_step=diverged.step,
                       stopped_at_epoch=epoch)

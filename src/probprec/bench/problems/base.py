@@ -78,6 +78,10 @@ class Problem(ABC):
         """What the optimizer receives: one group with every parameter, unless the problem says otherwise."""
         return [{"params": list(model.parameters())}]
 
+    def diagnostics(self, model: nn.Module, optimizer: Any) -> dict[str, Any]:
+        """Quantities only this problem can compute at the end of a run (e.g. against its true Hessian)."""
+        return {}
+
     def settings(self) -> dict[str, Any]:
         """The problem's defaults, for listings and result files."""
         return {"batch_size": self.batch_size, "epochs": self.epochs, "l2": self.l2, "metric": self.metric,

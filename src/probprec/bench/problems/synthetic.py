@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -76,6 +77,21 @@ class QuadraticDeep(_PerSampleLoss):
 
     def model(self) -> nn.Module:
         return _QuadraticModel(self.hessian.clone())
+
+    def diagnostics(self, model: nn.Module, optimizer: Any) -> dict[str, Any]:
+        """The true spectrum, and the condition number of the preconditioned Hessian :math:`P^{1/2} H P^{1/2}`."""
+        H = self.hessian.double()
+        eig = torch.linalg.eigvalsh(H)
+        out: dict[str, Any] = {"true_top_eigenvalues": eig.flip(0)[:4].tolist(),
+                               "condition_number": float(eig.max() / eig.min())}
+        if hasattr(optimizer, "precondition"):
+            basis = torch.eye(H.shape[0], dtype=torch.float32)
+            P = torch.stack([optimizer.precondition([b])[0] for b in basis], dim=1).double()
+            evals, evecs = torch.linalg.eigh(0.5 * (P + P.T))
+            root = (evecs * evals.clamp_min(0).sqrt()) @ evecs.T
+            pre = torch.linalg.eigvalsh(root @ H @ root)
+            out["preconditioned_condition_number"] = float(pre.max() / pre.min()) if pre.min() > 0 else None
+        return out
 
     def splits(self, data_dir: str | Path = "", download: bool = False) -> Splits:
         def draws(seed: int) -> TensorDataset:
@@ -185,6 +201,7 @@ class Regression(NamedTuple):
     extra_targets: Tensor
 
 
+@functools.lru_cache(maxsize=4)
 def ill_conditioned_regression(
     n: int = 253, num_data: int = 20_000, seed: int = 0, noise: float = 0.5, extra: int = 0,
     dtype: torch.dtype = torch.float64,

@@ -159,7 +159,8 @@ class Reference:
                 N = torch.diag(lam * rr)
                 tensor["G"], tensor["N"] = G, N
                 tensor["X"] = (Yh - alpha * Sh) @ torch.linalg.inv(w * G + lam * N)
-            self.snapshots.append([dict(raw_s=list(t["raw_s"]), raw_y=list(t["raw_y"]),
+            self.snapshots.append([dict(raw_s=list(t["raw_s"]), raw_y=list(t["raw_y"]), G=t["G"].clone(),
+                                        N=t["N"].clone(), X=t["X"].clone(), r=list(t["r"]),
                                         mean=self.posterior_mean(t)) for t in self.tensors])
         # a.7 switch: singular values of the posterior mean, a.8 preconditioned gradient
         t = self.t0 + P + K - 1
@@ -230,11 +231,18 @@ def test_one_cycle_matches_the_transcription(problem_cls, wd):
                 same_up_to_sign(s, s_ref)
                 sign = 1.0 if float(s.double() @ s_ref) >= 0 else -1.0
                 same_up_to_sign(sign * y.double(), sign * y_ref)
-            # the posterior mean, through the library's own functions, on fixed probes
+            # the posterior, through the library's own functions, against G, N and X of the transcription
             post = thesis_posterior(gs["gram_ss"][i, :m + 1, :m + 1], gs["gram_sy"][i, :m + 1, :m + 1],
                                     ref.alpha, ref.w, ref.lam, True, ref.alpha)
             X = thesis_factors(S_rows, Y_rows, post).double()
             S = torch.stack(S_rows).double()
+            signs = torch.tensor([1.0 if float(s.double() @ s_ref) >= 0 else -1.0
+                                  for s, s_ref in zip(S_rows, want["raw_s"], strict=True)], dtype=DT)
+            system = torch.linalg.inv(post.Minv_unit)  # w G + lambda N, unit columns off the diagonal
+            expected = signs[:, None] * (ref.w * want["G"] + ref.lam * want["N"]) * signs[None, :]
+            torch.testing.assert_close(system, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+            unit_x = X.T * torch.tensor(want["r"], dtype=DT).sqrt() * signs  # raw rows -> the reference's columns
+            torch.testing.assert_close(unit_x, want["X"], rtol=1e-3, atol=1e-3 * float(want["X"].abs().max()))
             z = torch.randn(S.shape[1], dtype=DT, generator=torch.Generator().manual_seed(m))
             mine = z / ref.alpha + ref.w**2 * X.T @ (S @ z)
             torch.testing.assert_close(mine, want["mean"] @ z, rtol=5e-4, atol=5e-4 * float(mine.abs().max()))

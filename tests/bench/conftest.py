@@ -3,7 +3,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from fake_data import make_all
+from probprec.bench.synthetic_files import make_all
 
 warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
 

@@ -3,7 +3,7 @@
 Configurations: the default mode, the thesis mode (``mode="thesis"``: the 2019
 arithmetic, quirks included), and the thesis mode with each single fix of
 :data:`probprec.thesis.FIXES`. Problems and budgets come from
-``experiments/ablation.toml`` (``smoke`` for CI, ``full`` for a GPU or a cluster).
+``probprec/bench/experiments/ablation.toml`` (``smoke`` for CI, ``full`` for a GPU or a cluster).
 The report states, per configuration and problem, the final metrics over seeds
 and their change against the thesis mode, and on quadratic_deep (whose Hessian
 is known) the estimated top curvatures against the true top eigenvalues and the
@@ -27,7 +27,7 @@ from .runner import RunConfig, RunResult, run
 
 __all__ = ["CONFIGURATIONS", "load_ablation", "report", "run_ablation"]
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "experiments" / "ablation.toml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "experiments" / "ablation.toml"
 
 CONFIGURATIONS: list[tuple[str, dict[str, Any]]] = [
     ("default mode", {}),
@@ -38,7 +38,7 @@ CONFIGURATIONS: list[tuple[str, dict[str, Any]]] = [
 
 
 def load_ablation(path: str | Path | None = None, scale: str = "smoke") -> dict[str, Any]:
-    """Read the ablation configuration (``experiments/ablation.toml`` by default) at ``scale``."""
+    """Read the ablation configuration (``probprec/bench/experiments/ablation.toml`` by default) at ``scale``."""
     path = Path(path) if path else DEFAULT_CONFIG
     with open(path, "rb") as handle:
         data = tomllib.load(handle)

@@ -90,8 +90,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ablation = sub.add_parser("ablation", help="the thesis mode, the default mode and each fix alone (issue 4)",
                               description="PreconditionedSGD in the default mode, the thesis mode, and the thesis "
                                           "mode with each single fix; writes ablation.md.")
-    ablation.add_argument("--scale", default="smoke", help="a section of experiments/ablation.toml (smoke, full)")
-    ablation.add_argument("--config", help="another ablation file (default experiments/ablation.toml)")
+    ablation.add_argument("--scale", default="smoke", help="a section of the ablation file (smoke, full)")
+    ablation.add_argument("--config", help="another ablation file (default: probprec/bench/experiments/ablation.toml)")
     ablation.add_argument("--seeds", nargs="+", type=_seed, metavar="SEED", help="default: the file's")
     ablation.add_argument("--output-dir", default="results/ablation", help="where runs and the report go")
     ablation.add_argument("--data-dir", default="data", help="where data sets are (full scale)")

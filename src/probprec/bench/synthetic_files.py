@@ -1,4 +1,8 @@
-"""Tiny data sets in the real on-disk formats, in torchvision's layout."""
+"""Tiny random data sets in the real on-disk formats and torchvision's layout, for tests and smoke runs.
+
+The images and labels are random: these files exercise the readers, the splits and
+the training code exactly as real files would, and say nothing about the methods.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import numpy as np
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    """Write an IDX file of unsigned bytes (gzipped with ``compress``)."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,6 +27,7 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
 
 def make_mnist(root: Path, name: str = "MNIST", n_train: int = 60, n_test: int = 20, seed: int = 0,
                compress: bool = False, digits=None) -> None:
+    """MNIST-format files (``name`` MNIST or FashionMNIST)."""
     rng = np.random.default_rng(seed)
     folder = root / name / "raw"
     classes = np.asarray(digits if digits is not None else range(10))
@@ -31,6 +37,7 @@ def make_mnist(root: Path, name: str = "MNIST", n_train: int = 60, n_test: int =
 
 
 def make_cifar(root: Path, classes: int = 10, per_batch: int = 12, n_test: int = 10, seed: int = 0) -> None:
+    """CIFAR-10 (five training batches) or CIFAR-100 pickles."""
     rng = np.random.default_rng(seed)
     if classes == 10:
         folder = root / "cifar-10-batches-py"
@@ -49,6 +56,7 @@ def make_cifar(root: Path, classes: int = 10, per_batch: int = 12, n_test: int =
 
 
 def make_svhn(root: Path, n_train: int = 40, n_test: int = 10, seed: int = 0) -> None:
+    """SVHN's MATLAB files."""
     from scipy.io import savemat
 
     rng = np.random.default_rng(seed)
@@ -58,7 +66,11 @@ def make_svhn(root: Path, n_train: int = 40, n_test: int = 10, seed: int = 0) ->
                               "y": rng.integers(1, 11, (n, 1)).astype(np.uint8)})
 
 
+__all__ = ["make_all", "make_cifar", "make_mnist", "make_svhn", "write_idx"]
+
+
 def make_all(root: Path) -> Path:
+    """Write every data set (MNIST with the digits 1, 3, 5, 7 only) under ``root``; return it."""
     make_mnist(root, "MNIST", digits=[3, 5, 1, 7])
     make_mnist(root, "FashionMNIST", compress=True)
     make_cifar(root, 10)

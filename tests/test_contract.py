@@ -369,3 +369,18 @@ def test_restart_interval():
     # minibatch): 11 steps, so restarts happen before steps 11, 22 and 33
     assert restarts == 3
     assert opt.get_log()["events"][-1]["kind"] == "restart"
+
+
+def test_first_cycle_lr_holds_for_the_first_cycle_only():
+    model = mlp()
+    opt = PreconditionedSGD(model.parameters(), first_cycle_lr=0.05, **KW)
+    seen = []
+    for t, (x, y) in enumerate(classification_batches(2 * (P + K) + 2, seed=8)):
+        if t == P + K + 1:
+            opt.start_estimate()
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward(create_graph=opt.create_graph)
+        opt.step()
+        seen.append(opt.get_log()["learning_rates"][0])
+    assert seen[P + K - 2] == 0.05 and seen[P + K] == 0.05
+    assert seen[-1] == pytest.approx(opt.get_log()["step_sizes"][0]) and seen[-1] != 0.05

@@ -46,6 +46,7 @@ def params():
         (dict(noise_floor=0.0), "noise_floor", "> 0"),
         (dict(beta=-1.0), "beta", "> 0"),
         (dict(restart_interval=0), "restart_interval", ">= 1"),
+        (dict(first_cycle_lr=0.0), "first_cycle_lr", "> 0"),
         (dict(build_preconditioner=False), "apply_preconditioner", "build_preconditioner=True"),
     ],
 )

@@ -142,6 +142,10 @@ class Preconditioner(Optimizer):
             what LR schedulers scale. A number fixes the learning rate (the
             "tuned" variants); the preconditioner is still estimated and applied.
         optim_class: the inner ``torch.optim.Optimizer`` subclass.
+        first_cycle_lr: with an adaptive step size, a fixed learning rate for the first
+            cycle only, later cycles use the estimate (the paper's stabilisation of
+            §3.3, and the thesis's Experiment 4); ``> 0`` or None (default). (Not
+            ``initial_lr``: LR schedulers keep their own key of that name.)
         step_rule: ``"newton"`` (default, above) or ``"paper"``, the low-dimensional
             rule of the paper's §2.3.2 (:math:`\eta\, a^2 P^2 g` with the user's
             ``lr`` as :math:`\eta`; requires ``lr``).
@@ -189,6 +193,7 @@ class Preconditioner(Optimizer):
         apply_preconditioner: bool = True,
         mode: str = "default",
         fixes: str | Iterable[str] = (),
+        first_cycle_lr: float | None = None,
         **optim_hyperparams: Any,
     ) -> None:
         self.est_rank = _check_int("est_rank", est_rank, 1)
@@ -201,6 +206,8 @@ class Preconditioner(Optimizer):
         weight_decay = _check_float("weight_decay", weight_decay, positive=False)
         if lr is not None:
             lr = _check_float("lr", lr, positive=True)
+        if first_cycle_lr is not None:
+            first_cycle_lr = _check_float("first_cycle_lr", first_cycle_lr, positive=True)
         if not (isinstance(optim_class, type) and issubclass(optim_class, Optimizer)):
             raise TypeError(
                 f"optim_class must be a torch.optim.Optimizer subclass, got {optim_class!r}"
@@ -234,7 +241,7 @@ class Preconditioner(Optimizer):
             self.observe = "same"
         if "unorthogonalized_directions" in self._quirks:
             self.orthogonalize = False
-        for reserved in ("adaptive_lr", "step_size"):
+        for reserved in ("adaptive_lr", "step_size", "first_cycle_lr"):
             if reserved in optim_hyperparams:
                 raise ValueError(f"{reserved} is not a hyperparameter of the inner optimizer")
         self.optim_class = optim_class
@@ -247,6 +254,7 @@ class Preconditioner(Optimizer):
         defaults = {
             "lr": 1.0 if lr is None else lr,
             "adaptive_lr": lr is None,
+            "first_cycle_lr": first_cycle_lr,
             "weight_decay": weight_decay,
             "step_size": None,
             **optim_hyperparams,
@@ -528,9 +536,12 @@ class Preconditioner(Optimizer):
         """The learning rate the inner optimizer gets for group ``index`` (None: parameters held)."""
         group, gs = self.param_groups[index], self._groups_state[index]
         if group["adaptive_lr"]:
-            if group["step_size"] is None:
+            if group.get("first_cycle_lr") is not None and self._log["cycles_completed"] <= 1:
+                lr = group["first_cycle_lr"] * group["lr"]  # the first cycle at a fixed step size
+            elif group["step_size"] is None:
                 return None
-            lr = group["step_size"] * group["lr"]
+            else:
+                lr = group["step_size"] * group["lr"]
         else:
             lr = group["lr"]
         return lr * gs.get("gain", 1.0) if self.step_rule == "paper" else lr

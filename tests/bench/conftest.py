@@ -3,6 +3,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+
 from probprec.bench.synthetic_files import make_all
 
 warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from probprec.bench.synthetic_files import make_mnist, write_idx
 
 from probprec.bench.data import DataMissingError, load_cifar, load_mnist, load_svhn, read_idx, split_indices
 from probprec.bench.problems import get_problem
+from probprec.bench.synthetic_files import make_mnist, write_idx
 
 
 @pytest.mark.parametrize("compress", [False, True])

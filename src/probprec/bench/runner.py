@@ -48,7 +48,7 @@ from .results import (
     write_json_atomic,
 )
 
-__all__ = ["ConfigError", "RunConfig", "RunResult", "run"]
+__all__ = ["ConfigError", "RunConfig", "RunResult", "finished_result", "is_finished", "run", "run_folder"]
 
 RESTART_POLICIES = ("default", "epoch", "optimizer", "never")
 
@@ -200,8 +200,8 @@ class _Evaluator:
         return loss, (correct / count if has_accuracy else None)
 
 
-def _prepare(config: RunConfig):
-    """Validate the configuration and build everything; raises ConfigError on bad input."""
+def _settings(config: RunConfig):
+    """Validate what names a run (no data, no model) and find its settings folder; raises ConfigError."""
     try:
         problem = get_problem(config.problem, **({"l2": config.l2} if config.l2 is not None else {}))
     except (KeyError, ValueError) as error:
@@ -218,6 +218,49 @@ def _prepare(config: RunConfig):
         raise ConfigError(f"seed must be an integer >= 0, got {config.seed!r}")
     restart = _restart_every(config, problem.restart_every)
     hyperparams = spec.hyperparameters(problem.name, config.hyperparams)
+    training_params = {} if config.restart == "default" else {"restart": restart}
+    folder = Path(config.output_dir) / problem.name / spec.name / settings_folder(
+        epochs, batch_size, config.l2, _plain(hyperparams), training_params)
+    return problem, spec, hyperparams, epochs, batch_size, restart, folder
+
+
+def run_folder(config: RunConfig) -> Path:
+    """The settings folder that the result of ``config`` goes to (nothing is loaded or written).
+
+    Raises:
+        ConfigError: on a bad problem, optimizer, epochs, batch size, seed or restart policy.
+    """
+    return _settings(config)[-1]
+
+
+def _checkpoint_path(folder: Path, seed: int) -> Path:
+    return folder / f".checkpoint__random_seed__{seed}.pt"
+
+
+def _finished(folder: Path, seed: int) -> tuple[Path, dict[str, Any]] | None:
+    """The first completed or diverged result of ``seed`` in ``folder``, unless a checkpoint is left."""
+    if _checkpoint_path(folder, seed).exists():
+        return None
+    for path, record in existing_results(folder, seed):
+        if record.get("status") in ("completed", "diverged"):
+            return path, record
+    return None
+
+
+def finished_result(config: RunConfig) -> Path | None:
+    """The result file that makes :func:`run` skip ``config``, or None if the run would train."""
+    found = None if config.force else _finished(run_folder(config), config.seed)
+    return found[0] if found else None
+
+
+def is_finished(config: RunConfig) -> bool:
+    """Whether :func:`run` would skip ``config``: a completed or diverged result exists and no checkpoint remains."""
+    return finished_result(config) is not None
+
+
+def _prepare(config: RunConfig):
+    """Validate the configuration and build everything; raises ConfigError on bad input."""
+    problem, spec, hyperparams, epochs, batch_size, restart, folder = _settings(config)
     try:
         device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
                               ("cpu" if config.device == "auto" else config.device))
@@ -235,11 +278,7 @@ def _prepare(config: RunConfig):
         optimizer = spec.build(problem.param_groups(model), hyperparams)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"invalid hyperparameters for {spec.name}: {error}") from None
-    output = Path(config.output_dir)
-    _check_writable(output)
-    training_params = {} if config.restart == "default" else {"restart": restart}
-    folder = output / problem.name / spec.name / settings_folder(
-        epochs, batch_size, config.l2, _plain(hyperparams), training_params)
+    _check_writable(Path(config.output_dir))
     return problem, spec, hyperparams, epochs, batch_size, restart, device, splits, model, optimizer, folder
 
 
@@ -251,11 +290,10 @@ def run(config: RunConfig) -> RunResult:
     """
     (problem, spec, hyperparams, epochs, batch_size, restart, device, splits, model, optimizer,
      folder) = _prepare(config)
-    checkpoint_path = folder / f".checkpoint__random_seed__{config.seed}.pt"
-    if not config.force:
-        for path, record in existing_results(folder, config.seed):
-            if record.get("status") in ("completed", "diverged") and not checkpoint_path.exists():
-                return RunResult("skipped", path, record)
+    checkpoint_path = _checkpoint_path(folder, config.seed)
+    done = None if config.force else _finished(folder, config.seed)
+    if done is not None:
+        return RunResult("skipped", *done)
 
     loader_generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(splits.train, batch_size=batch_size, shuffle=True, drop_last=True,

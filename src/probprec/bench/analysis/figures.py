@@ -1,0 +1,299 @@
+"""The figures of the thesis (Fig. 4.1-4.5) and beyond, from aggregated result tables.
+
+Every function returns a :class:`matplotlib.figure.Figure` (so that tests can
+count its curves) drawn with tueplots' NeurIPS sizes and fonts, without LaTeX;
+:func:`save_figure` writes it as PNG and PDF. Colours follow the optimizer
+order, so an optimizer has the same colour in every figure of a report.
+
+* :func:`performance_figure`: test loss, train loss, test accuracy, train accuracy
+  against epochs, one column per problem; the median over seeds with the
+  quartiles (or the mean with one standard deviation), reference runs dashed
+  (thesis Fig. 4.1, 4.2);
+* :func:`runtime_figure`: time per epoch relative to a baseline optimizer, wall
+  clock and CPU, every run a dot, the median with quartiles (Fig. 4.3);
+* :func:`grid_figure`: a metric against epochs on a grid of problems (rows) x
+  batch sizes (columns) (Fig. 4.4: initialisation x batch size);
+* :func:`sensitivity_figure`: the final metric against a hyperparameter on a
+  log axis, seeds scattered, reference optimizers as horizontal lines (Fig. 4.5);
+* :func:`optimizer_state_figure`: the estimated step size and top curvature per epoch;
+* :func:`profile_figure`: performance profiles over problems.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["PANEL_METRICS", "colors_for", "grid_figure", "optimizer_state_figure", "performance_figure",
+           "profile_figure", "runtime_figure", "save_figure", "sensitivity_figure"]
+
+PANEL_METRICS = ("test_loss", "train_loss", "test_accuracy", "train_accuracy")
+LABELS = {"test_loss": "test loss", "train_loss": "train loss", "valid_loss": "validation loss",
+          "test_accuracy": "test accuracy", "train_accuracy": "train accuracy",
+          "valid_accuracy": "validation accuracy", "step_size": "step size", "top_curvature": "top curvature"}
+
+
+@contextmanager
+def _style():
+    """The style: tueplots' NeurIPS font sizes and layout, no LaTeX, the system's fonts; non-interactive backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tueplots import bundles
+
+    rc = {k: v for k, v in bundles.neurips2024(usetex=False, family="sans-serif").items()
+          if not k.startswith("font.s")}
+    rc.update({"axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False})
+    with plt.rc_context(rc):
+        yield plt
+
+
+def colors_for(names: Sequence[str]) -> dict[str, str]:
+    """One colour per name, in order (matplotlib's default cycle, then tab20)."""
+    palette = [f"C{i}" for i in range(10)] + [f"tab:{c}" for c in ("olive", "cyan", "brown", "pink", "gray")]
+    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+
+
+def save_figure(fig, stem: str | Path, dpi: int = 150) -> list[Path]:
+    """Write ``stem.png`` and ``stem.pdf`` (each through a temporary file); closes the figure."""
+    import matplotlib.pyplot as plt
+
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix in (".png", ".pdf"):
+        path = stem.with_suffix(suffix)
+        tmp = path.with_name(f".{path.stem}.tmp{suffix}")
+        fig.savefig(tmp, dpi=dpi)
+        tmp.replace(path)
+        written.append(path)
+    plt.close(fig)
+    return written
+
+
+def _band(ax, rows: pd.DataFrame, color: str, label: str, spread: str, linestyle: str = "-") -> None:
+    rows = rows.sort_values("epoch")
+    center = rows["median"] if spread == "quartiles" else rows["mean"]
+    low, high = ((rows["q25"], rows["q75"]) if spread == "quartiles"
+                 else (rows["mean"] - rows["std"].fillna(0), rows["mean"] + rows["std"].fillna(0)))
+    ax.plot(rows["epoch"], center, color=color, label=label, linestyle=linestyle)
+    if (rows["n"] > 1).any():
+        ax.fill_between(rows["epoch"], low, high, color=color, alpha=0.2, linewidth=0)
+
+
+def _log_if_positive(ax, values: pd.Series) -> None:
+    values = values.dropna()
+    if len(values) and (values > 0).all() and values.max() / values.min() > 20:
+        ax.set_yscale("log")
+
+
+def performance_figure(aggregated: pd.DataFrame, problems: Sequence[str], optimizers: Sequence[str],
+                       reference: pd.DataFrame | None = None, spread: str = "quartiles",
+                       colors: dict[str, str] | None = None):
+    """Rows: test loss, train loss (and test and train accuracy where a problem has them); columns: problems.
+
+    Args:
+        aggregated: :func:`~probprec.bench.analysis.selection.aggregate` of the chosen settings.
+        problems: the columns, in this order.
+        optimizers: the curves, in this order.
+        reference: aggregated baseline results, drawn dashed with "(reference)" in the legend.
+        spread: ``quartiles`` (median and 25-75 %) or ``std`` (mean and one standard deviation).
+        colors: optimizer -> colour.
+    """
+    if spread not in ("quartiles", "std"):
+        raise ValueError(f"spread must be 'quartiles' or 'std', got {spread!r}")
+    colors = colors or colors_for(optimizers)
+    has_accuracy = aggregated["metric"].isin(["test_accuracy", "train_accuracy"]).any()
+    metrics = PANEL_METRICS if has_accuracy else PANEL_METRICS[:2]
+    reference_names = [] if reference is None else list(dict.fromkeys(reference["optimizer"]))
+    reference_colors = colors_for([*optimizers, *[r for r in reference_names if r not in optimizers]])
+    with _style() as plt:
+        fig, axes = plt.subplots(len(metrics), len(problems), squeeze=False,
+                                 figsize=(max(3.0, 2.6 * len(problems)), 1.9 * len(metrics)))
+        for col, problem in enumerate(problems):
+            for row, metric in enumerate(metrics):
+                ax = axes[row][col]
+                rows = aggregated[(aggregated["problem"] == problem) & (aggregated["metric"] == metric)]
+                refs = (reference[(reference["problem"] == problem) & (reference["metric"] == metric)]
+                        if reference is not None else pd.DataFrame(columns=["optimizer"]))
+                if rows.empty and refs.empty:
+                    ax.set_axis_off()
+                    continue
+                for optimizer in optimizers:
+                    sub = rows[rows["optimizer"] == optimizer]
+                    if not sub.empty:
+                        _band(ax, sub, colors.get(optimizer, "k"), optimizer, spread)
+                for name in reference_names:
+                    sub = refs[refs["optimizer"] == name]
+                    if not sub.empty:
+                        _band(ax, sub, reference_colors[name], f"{name} (reference)", spread, linestyle="--")
+                if "loss" in metric:
+                    _log_if_positive(ax, pd.concat([rows["median"], refs.get("median", pd.Series(dtype=float))]))
+                if row == 0:
+                    ax.set_title(problem)
+                if col == 0:
+                    ax.set_ylabel(LABELS[metric])
+                ax.set_xlabel("epoch")
+        _legend(fig, axes)
+    return fig
+
+
+def _legend(fig, axes) -> None:
+    handles, labels = {}, []
+    for ax in np.ravel(axes):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    if handles:
+        fig.legend([handles[label] for label in labels], labels, loc="outside lower center",
+                   ncols=min(len(labels), 4), frameon=False)
+
+
+def runtime_figure(ratios: pd.DataFrame, optimizers: Sequence[str], baseline: str,
+                   colors: dict[str, str] | None = None):
+    """Time per epoch relative to ``baseline`` (wall clock and CPU); ``ratios`` from ``runtime_ratios``.
+
+    Every run is a dot; the line through each optimizer's dots marks its median with the quartiles as error bar.
+    """
+    colors = colors or colors_for(optimizers)
+    panels = [c for c in ("wall_ratio", "cpu_ratio") if c in ratios and ratios[c].notna().any()]
+    with _style() as plt:
+        fig, axes = plt.subplots(1, max(len(panels), 1), squeeze=False, figsize=(2.8 * max(len(panels), 1), 2.4))
+        rng = np.random.default_rng(0)
+        for ax, column in zip(axes[0], panels, strict=False):
+            for i, optimizer in enumerate(optimizers):
+                values = ratios.loc[ratios["optimizer"] == optimizer, column].dropna()
+                if values.empty:
+                    continue
+                ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=8, color=colors.get(optimizer),
+                           alpha=0.6)
+                q25, median, q75 = values.quantile([0.25, 0.5, 0.75])
+                ax.errorbar([i], [median], yerr=[[median - q25], [q75 - median]], color="k", marker="_",
+                            markersize=14, capsize=3, label=None)
+            ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
+            ax.set_xticks(range(len(optimizers)), optimizers, rotation=30, ha="right")
+            ax.set_ylabel(f"{'wall-clock' if column == 'wall_ratio' else 'CPU'} time / epoch, x {baseline}")
+    return fig
+
+
+def grid_figure(aggregated: pd.DataFrame, problems: Sequence[str], batch_sizes: Sequence[int],
+                optimizers: Sequence[str], metric: str = "train_loss", colors: dict[str, str] | None = None):
+    """``metric`` against epochs, rows problems, columns batch sizes (``aggregated`` grouped by batch_size)."""
+    colors = colors or colors_for(optimizers)
+    with _style() as plt:
+        fig, axes = plt.subplots(len(problems), len(batch_sizes), squeeze=False, sharey=True,
+                                 figsize=(2.2 * len(batch_sizes), 1.9 * len(problems)))
+        for r, problem in enumerate(problems):
+            for c, batch_size in enumerate(batch_sizes):
+                ax = axes[r][c]
+                rows = aggregated[(aggregated["problem"] == problem) & (aggregated["batch_size"] == batch_size)
+                                  & (aggregated["metric"] == metric)]
+                for optimizer in optimizers:
+                    sub = rows[rows["optimizer"] == optimizer]
+                    if not sub.empty:
+                        _band(ax, sub, colors.get(optimizer, "k"), optimizer, "quartiles")
+                if r == 0:
+                    ax.set_title(f"batch size {batch_size}")
+                if c == 0:
+                    ax.set_ylabel(f"{problem}\n{LABELS.get(metric, metric)}")
+                ax.set_xlabel("epoch")
+        _legend(fig, axes)
+    return fig
+
+
+def sensitivity_figure(points: pd.DataFrame, problems: Sequence[str], curves: Sequence[str],
+                       references: pd.DataFrame | None = None, metric: str = "test_accuracy",
+                       colors: dict[str, str] | None = None):
+    """Final ``metric`` against a hyperparameter on a log axis, one panel per problem.
+
+    Args:
+        points: one row per run: ``problem, optimizer, value`` (the hyperparameter) and ``final``; diverged runs
+            have a NaN ``final`` and are drawn as crosses at the bottom of the panel.
+        problems: the panels.
+        curves: the optimizers drawn as a median line through their seeds.
+        references: ``problem, optimizer, final`` rows of optimizers without the hyperparameter; each is a
+            dashed horizontal line at its median.
+        metric: the y label.
+        colors: optimizer -> colour.
+    """
+    names = [*curves, *([] if references is None else dict.fromkeys(references["optimizer"]))]
+    colors = colors or colors_for(names)
+    with _style() as plt:
+        fig, axes = plt.subplots(1, len(problems), squeeze=False, figsize=(3.2 * len(problems), 2.6))
+        for ax, problem in zip(axes[0], problems, strict=True):
+            rows = points[points["problem"] == problem]
+            finite = rows["final"].dropna()
+            floor = float(finite.min()) if len(finite) else 0.0
+            for optimizer in curves:
+                sub = rows[rows["optimizer"] == optimizer]
+                if sub.empty:
+                    continue
+                ok = sub[sub["final"].notna()]
+                ax.scatter(ok["value"], ok["final"], s=9, color=colors[optimizer], alpha=0.5)
+                bad = sub[sub["final"].isna()]
+                if len(bad):
+                    ax.scatter(bad["value"], [floor] * len(bad), marker="x", s=14, color=colors[optimizer])
+                medians = sub.groupby("value")["final"].median()
+                ax.plot(medians.index, medians.to_numpy(), color=colors[optimizer], label=optimizer, marker="o",
+                        markersize=3)
+            if references is not None:
+                for name, sub in references[references["problem"] == problem].groupby("optimizer", sort=False):
+                    median = sub["final"].median()
+                    if not math.isnan(median):
+                        ax.axhline(median, color=colors[name], linestyle="--", label=f"{name} (reference)")
+            ax.set_xscale("log")
+            ax.set_title(problem)
+            ax.set_xlabel(", ".join(dict.fromkeys(rows["hyperparameter"])) if "hyperparameter" in rows else "value")
+            ax.set_ylabel(f"final {LABELS.get(metric, metric)}")
+        _legend(fig, axes)
+    return fig
+
+
+def optimizer_state_figure(aggregated: pd.DataFrame, problems: Sequence[str], optimizers: Sequence[str],
+                           colors: dict[str, str] | None = None):
+    """The estimated step size (top row) and top curvature (bottom row) per epoch; columns problems."""
+    colors = colors or colors_for(optimizers)
+    metrics = [m for m in ("step_size", "top_curvature") if (aggregated["metric"] == m).any()]
+    with _style() as plt:
+        fig, axes = plt.subplots(max(len(metrics), 1), len(problems), squeeze=False,
+                                 figsize=(max(3.0, 2.6 * len(problems)), 1.9 * max(len(metrics), 1)))
+        for c, problem in enumerate(problems):
+            for r, metric in enumerate(metrics):
+                ax = axes[r][c]
+                rows = aggregated[(aggregated["problem"] == problem) & (aggregated["metric"] == metric)]
+                for optimizer in optimizers:
+                    sub = rows[rows["optimizer"] == optimizer]
+                    if not sub.empty:
+                        _band(ax, sub, colors.get(optimizer, "k"), optimizer, "quartiles")
+                _log_if_positive(ax, rows["median"])
+                if r == 0:
+                    ax.set_title(problem)
+                if c == 0:
+                    ax.set_ylabel(LABELS[metric])
+                ax.set_xlabel("epoch")
+        _legend(fig, axes)
+    return fig
+
+
+def profile_figure(profile: pd.DataFrame, optimizers: Sequence[str], what: str = "seconds",
+                   colors: dict[str, str] | None = None):
+    """Performance profiles: the fraction of problems within a factor tau of the fastest."""
+    colors = colors or colors_for(optimizers)
+    with _style() as plt:
+        fig, ax = plt.subplots(figsize=(3.4, 2.4))
+        for optimizer in optimizers:
+            if optimizer in profile:
+                ax.step(profile.index, profile[optimizer], where="post", color=colors.get(optimizer),
+                        label=optimizer)
+        ax.set_xlabel(f"tau (ratio to the fastest, {what} to the validation target)")
+        ax.set_ylabel("fraction of problems")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(frameon=False)
+    return fig

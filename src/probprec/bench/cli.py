@@ -1,4 +1,4 @@
-"""The ``probprec`` command line: ``benchmark``, ``run``, ``list`` and ``demo``.
+"""The ``probprec`` command line (``probprec --help`` lists the commands).
 
 Bad input exits with status 2 and one line on standard error, before any file is
 written. ``run`` exits 0 when the run completed, diverged (a result like any
@@ -98,6 +98,52 @@ def _build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
     ablation.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    report = sub.add_parser("report", help="an HTML and Markdown report (tables, figures) from result files",
+                            description="Load every result file under RESULTS_DIR (ours or DeepOBS 1.2/1.1), choose "
+                                        "each optimizer's setting on validation, and write report.html, report.md, "
+                                        "figures/ and tables/ to --out.")
+    report.add_argument("results", nargs="+", metavar="RESULTS_DIR", help="result directories (or files)")
+    report.add_argument("--out", help="where the report goes (default: RESULTS_DIR/report)")
+    report.add_argument("--problems", nargs="+", metavar="PROBLEM", help="problems to report, in this order")
+    report.add_argument("--optimizers", nargs="+", metavar="NAME", help="optimizers to report, in this order")
+    report.add_argument("--reference", nargs="+", default=[], metavar="DIR",
+                        help="baseline result directories, drawn dashed in the performance figure")
+    report.add_argument("--mode", choices=["final", "best"], default="final",
+                        help="select on the final epoch or the best epoch (default %(default)s)")
+    report.add_argument("--metric", help="selection metric: valid_loss or valid_accuracy (default: validation "
+                                         "accuracy where the problem has one, else validation loss)")
+    report.add_argument("--spread", choices=["quartiles", "std"], default="quartiles",
+                        help="median with quartiles, or mean with standard deviation (default %(default)s)")
+    report.add_argument("--baseline", default="SGD", help="runtimes are relative to it (default %(default)s)")
+    report.add_argument("--title", default="probprec report", help="the report's title")
+
+    experiment = sub.add_parser("experiment", help="run a thesis or paper experiment and write its report",
+                                description="Run one scale of an experiment (a sweep file with a [report] table) "
+                                            "and write its report. Shipped: "
+                                            "exp1a, exp1b, exp2_runtime, exp3_init, exp4_first_lr, paper_fig1, "
+                                            "paper_fig2.")
+    experiment.add_argument("name", help="a shipped experiment or the path of a sweep file")
+    experiment.add_argument("--scale", default="smoke", help="smoke (CI, seconds) or full (default %(default)s)")
+    experiment.add_argument("--output-dir", help="default: results/NAME/SCALE")
+    experiment.add_argument("--data-dir", default="data", help="where data sets are (full scale)")
+    experiment.add_argument("--executor", choices=["local", "slurm"], default="local", help="where runs run")
+    experiment.add_argument("--workers", type=_positive_int, help="local processes (default: the CPU count)")
+    experiment.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
+    experiment.add_argument("--report-only", action="store_true", help="only (re)write the report")
+
+    runtime = sub.add_parser("runtime", help="thesis Exp. 2: time per epoch relative to SGD, wall clock and CPU",
+                             description="Per repetition, SGD (lr 0.01) and then each optimizer for --epochs "
+                                         "epochs; prints each optimizer's time per epoch relative to SGD's.")
+    runtime.add_argument("--problem", default="mnist_mlp", help="default %(default)s (needs --data-dir)")
+    runtime.add_argument("--optimizers", nargs="+", metavar="NAME",
+                         default=["Adam", "PreconditionedSGD", "AdaptiveSGD", "OnlyAdaptiveSGD"])
+    runtime.add_argument("--repetitions", type=_positive_int, default=5, help="default %(default)s")
+    runtime.add_argument("--epochs", type=_positive_int, default=5, help="default %(default)s")
+    runtime.add_argument("--batch-size", type=_positive_int, help="default: the problem's")
+    runtime.add_argument("--data-dir", default="data", help="where data sets are")
+    runtime.add_argument("--output-dir", default="results/runtime", help="default %(default)s")
+    runtime.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
+
     sub.add_parser("list", help="the problems and optimizers with their defaults",
                    description="List the problems and optimizers with their defaults.")
 
@@ -194,6 +240,60 @@ def _ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .analysis import ReportOptions, UnknownMetricError, write_report
+
+    out = args.out or str(Path(args.results[0]) / "report")
+    options = ReportOptions(title=args.title, problems=args.problems, optimizers=args.optimizers,
+                            mode=args.mode, metric=args.metric, reference=args.reference, baseline=args.baseline,
+                            spread=args.spread)
+    try:
+        report = write_report(args.results, out, options)
+    except (UnknownMetricError, ValueError) as error:
+        print(f"probprec: error: {error}", file=sys.stderr)
+        return 2
+    for line in report.problems_found:
+        print(f"probprec: warning: {line}", file=sys.stderr)
+    runs = len(report.summary)
+    print(f"wrote {report.html}, {report.markdown}, {len(report.figures)} figure files and {len(report.tables)} "
+          f"tables in {out}")
+    return 0 if runs else 1
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from .experiment import run_experiment
+    from .runner import ConfigError
+    from .sweeps import SweepError
+
+    try:
+        result = run_experiment(args.name, args.scale, args.output_dir, args.data_dir, args.device, args.executor,
+                                args.workers, args.report_only)
+    except (SweepError, ConfigError, ValueError) as error:
+        print(f"probprec: error: {error}", file=sys.stderr)
+        return 2
+    summary = result.sweep
+    if summary is not None and getattr(summary, "failed", 0):
+        return 1
+    return 0
+
+
+def _runtime(args: argparse.Namespace) -> int:
+    from .experiment import run_runtime
+    from .runner import ConfigError
+
+    try:
+        run_runtime(args.problem, args.optimizers, args.repetitions, args.epochs, args.batch_size, args.output_dir,
+                    args.data_dir, args.device)
+    except ConfigError as error:
+        print(f"probprec: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the chosen command; returns the exit status."""
     args = _build_parser().parse_args(argv)
@@ -206,6 +306,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _benchmark(args)
     if args.command == "ablation":
         return _ablation(args)
+    if args.command == "report":
+        return _report(args)
+    if args.command == "experiment":
+        return _experiment(args)
+    if args.command == "runtime":
+        return _runtime(args)
     from .demo import run_demo
 
     run_demo(args.epochs, args.batch_size, args.seed, args.output_dir)

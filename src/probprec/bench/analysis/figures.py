@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["PANEL_METRICS", "colors_for", "grid_figure", "optimizer_state_figure", "performance_figure",
+__all__ = ["PANEL_METRICS", "colors_for", "count_curves", "grid_figure", "optimizer_state_figure", "performance_figure",
            "profile_figure", "runtime_figure", "save_figure", "sensitivity_figure"]
 
 PANEL_METRICS = ("test_loss", "train_loss", "test_accuracy", "train_accuracy")
@@ -58,6 +58,11 @@ def colors_for(names: Sequence[str]) -> dict[str, str]:
     """One colour per name, in order (matplotlib's default cycle, then tab20)."""
     palette = [f"C{i}" for i in range(10)] + [f"tab:{c}" for c in ("olive", "cyan", "brown", "pink", "gray")]
     return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+
+
+def count_curves(fig) -> int:
+    """The labelled lines of a figure (curves and reference lines; bands and error bars are not counted)."""
+    return sum(1 for ax in fig.axes for line in ax.get_lines() if not line.get_label().startswith("_"))
 
 
 def save_figure(fig, stem: str | Path, dpi: int = 150) -> list[Path]:

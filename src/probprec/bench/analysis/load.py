@@ -45,6 +45,8 @@ RUN_COLUMNS = ["run_id", "path", "source", "problem", "optimizer", "setting", "h
                "total_wall_time", "total_cpu_time", "started", "device", "environment"]
 CURVE_COLUMNS = ["run_id", "problem", "optimizer", "setting", "seed", "status", "epoch", "metric", "value"]
 _IGNORED_TRAINING_PARAMS = {"train_log_interval"}
+_KNOWN_CURVE_KEYS = ("train_losses", "valid_losses", "test_losses", "train_accuracies", "valid_accuracies",
+                     "test_accuracies", "minibatch_train_losses")
 
 
 class UnknownMetricError(ValueError):
@@ -227,7 +229,7 @@ def _optimizer_series(logs: list[dict[str, Any]]) -> dict[str, list[float]]:
     return series
 
 
-def _read_run(path: Path, run_id: str) -> tuple[dict[str, Any], list[tuple]]:
+def _read_run(path: Path, run_id: str) -> tuple[dict[str, Any], list[tuple], list[str]]:
     try:
         record = json.loads(path.read_text())
     except UnicodeDecodeError:
@@ -237,6 +239,8 @@ def _read_run(path: Path, run_id: str) -> tuple[dict[str, Any], list[tuple]]:
     if not isinstance(record, dict):
         raise _NotARun(f"not a run result (a JSON {type(record).__name__}, not an object)")
     record, source = _normalize(record)
+    notes = [f"unknown metric {key!r} ignored (known: {', '.join(_KNOWN_CURVE_KEYS)})" for key in record
+             if key.endswith(("_losses", "_accuracies")) and key not in _KNOWN_CURVE_KEYS]
     curves = {}
     for split in ("train", "valid", "test"):
         for kind, key in (("loss", f"{split}_losses"), ("accuracy", f"{split}_accuracies")):
@@ -279,7 +283,7 @@ def _read_run(path: Path, run_id: str) -> tuple[dict[str, Any], list[tuple]]:
         rows += [(run_id, epoch, metric, v) for epoch, v in enumerate(values)]
     for metric, values in timed.items():
         rows += [(run_id, epoch, metric, v) for epoch, v in enumerate(values, start=1)]
-    return run, rows
+    return run, rows, notes
 
 
 def _files(paths: Iterable[str | Path], found: list[str]) -> list[tuple[Path, Path]]:
@@ -307,10 +311,11 @@ def load_results(paths: str | Path | Iterable[str | Path]) -> Results:
     for root, path in files:
         run_id = path.relative_to(root).as_posix() if len(paths) == 1 else path.as_posix()
         try:
-            run, run_rows = _read_run(path, run_id)
+            run, run_rows, notes = _read_run(path, run_id)
         except (_NotARun, OSError) as error:
             found.append(f"{path}: {error}")
             continue
+        found += [f"{path}: {note}" for note in notes]
         runs.append(run)
         rows += run_rows
     if not files and not found:
@@ -318,7 +323,8 @@ def load_results(paths: str | Path | Iterable[str | Path]) -> Results:
     elif files and not runs:
         found.append(f"{', '.join(map(str, paths))}: none of the {len(files)} JSON files is a readable run result")
     run_table = pd.DataFrame(runs, columns=RUN_COLUMNS)
-    curves = pd.DataFrame(rows, columns=["run_id", "epoch", "metric", "value"])
+    curves = pd.DataFrame(rows, columns=["run_id", "epoch", "metric", "value"]).astype(
+        {"run_id": object, "epoch": int, "metric": object, "value": float})
     keys = run_table[["run_id", "problem", "optimizer", "setting", "seed", "status"]]
     curves = curves.merge(keys, on="run_id", how="left")[CURVE_COLUMNS]
     return Results(run_table, curves, found)

@@ -28,9 +28,10 @@ import pandas as pd
 from ..results import write_text_atomic
 from . import figures
 from .document import Document
-from .load import Results, canonical_metric, load_results
+from .load import Results, load_results
 from .profiles import performance_profile, profile_scores
 from .selection import (
+    _check_selection_metric,
     aggregate,
     default_metric,
     order,
@@ -40,7 +41,7 @@ from .selection import (
     time_to_target,
 )
 
-__all__ = ["Report", "ReportOptions", "runtime_ratios", "sensitivity_points", "write_report"]
+__all__ = ["Report", "ReportOptions", "runtime_ratios", "runtime_table", "sensitivity_points", "write_report"]
 
 
 @dataclass
@@ -81,6 +82,8 @@ class Report:
     tables: list[Path]
     problems_found: list[str]
     summary: pd.DataFrame
+    curves: dict[str, int] = field(default_factory=dict)
+    """Figure name -> the number of labelled curves drawn in it (lines and reference lines)."""
 
 
 def _check_options(options: ReportOptions) -> None:
@@ -88,8 +91,7 @@ def _check_options(options: ReportOptions) -> None:
         raise ValueError(f"mode must be 'final' or 'best', got {options.mode!r}")
     if options.spread not in ("quartiles", "std"):
         raise ValueError(f"spread must be 'quartiles' or 'std', got {options.spread!r}")
-    if options.metric is not None:
-        canonical_metric(options.metric)
+    _check_selection_metric(options.metric)
 
 
 def runtime_ratios(results: Results, baseline: str = "SGD") -> pd.DataFrame:
@@ -148,7 +150,9 @@ def sensitivity_points(results: Results, sensitivity: dict[str, str] | None,
         value = float(final.iloc[0]) if len(final) and run.status == "completed" else math.nan
         rows.append({"problem": run.problem, "optimizer": run.optimizer, "hyperparameter": key,
                      "value": float(run.hyperparams[key]), "final": value, "metric": metric})
-    return pd.DataFrame(rows, columns=["problem", "optimizer", "hyperparameter", "value", "final", "metric"]), chosen
+    points = pd.DataFrame(rows, columns=["problem", "optimizer", "hyperparameter", "value", "final", "metric"])
+    swept_here = points.groupby(["problem", "optimizer"])["value"].transform("nunique") >= 2
+    return points[swept_here].reset_index(drop=True), chosen
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -217,7 +221,10 @@ def write_report(paths: str | Path | Sequence[str | Path], out_dir: str | Path,
     figure_dir = out / "figures"
     drawn: list[Path] = []
 
+    curves: dict[str, int] = {}
+
     def draw(fig, name: str, caption: str) -> None:
+        curves[name] = figures.count_curves(fig)
         paths_written = figures.save_figure(fig, figure_dir / name)
         drawn.extend(paths_written)
         doc.figure(paths_written[0], caption)
@@ -252,7 +259,7 @@ def write_report(paths: str | Path | Sequence[str | Path], out_dir: str | Path,
             draw(figures.runtime_figure(ratios, present, options.baseline, colors), "runtime",
                  f"Training time per epoch relative to {options.baseline} (each dot one run; the bar: median "
                  "and quartiles).")
-            _runtime_table(doc, ratios, present, options.baseline)
+            doc.table(*runtime_table(ratios, present, options.baseline))
         _grid(doc, draw, results, problems, optimizers, options, colors)
         points, swept = sensitivity_points(results, options.sensitivity)
         if len(points):
@@ -278,7 +285,7 @@ def write_report(paths: str | Path | Sequence[str | Path], out_dir: str | Path,
     html_path, md_path = out / "report.html", out / "report.md"
     write_text_atomic(md_path, doc.markdown(out))
     write_text_atomic(html_path, doc.html())
-    return Report(html_path, md_path, drawn, tables, found, summary)
+    return Report(html_path, md_path, drawn, tables, found, summary, curves)
 
 
 def _panels(problems: list[str], results: Results, width: int = 4) -> list[list[str]]:
@@ -340,7 +347,8 @@ def _problem_section(doc: Document, rows: pd.DataFrame, candidates: pd.DataFrame
                          "over seeds, reached/runs in brackets; seconds: training time, evaluation excluded)."))
 
 
-def _runtime_table(doc: Document, ratios: pd.DataFrame, optimizers: list[str], baseline: str) -> None:
+def runtime_table(ratios: pd.DataFrame, optimizers: Sequence[str], baseline: str) -> tuple[list[str], list[list]]:
+    """Header and rows: per optimizer, its runs and the wall-clock and CPU ratios (median [quartiles]; mean ± sd)."""
     rows = []
     for optimizer in optimizers:
         sub = ratios[ratios["optimizer"] == optimizer]
@@ -351,8 +359,9 @@ def _runtime_table(doc: Document, ratios: pd.DataFrame, optimizers: list[str], b
                          f"{values.median():.3f} [{values.quantile(0.25):.3f}, {values.quantile(0.75):.3f}]; "
                          f"{values.mean():.3f} ± {values.std() if len(values) > 1 else 0.0:.3f}")
         rows.append([optimizer, str(len(sub)), *cells])
-    doc.table(["optimizer", "runs", f"wall clock / epoch, x {baseline}: median [quartiles]; mean ± sd",
-               f"CPU / epoch, x {baseline}: median [quartiles]; mean ± sd"], rows)
+    header = ["optimizer", "runs", f"wall clock / epoch, x {baseline}: median [quartiles]; mean ± sd",
+              f"CPU / epoch, x {baseline}: median [quartiles]; mean ± sd"]
+    return header, rows
 
 
 def _grid(doc, draw, results: Results, problems: list[str], optimizers: list[str], options: ReportOptions,

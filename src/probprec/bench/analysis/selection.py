@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .load import Results, canonical_metric
+from .load import Results, UnknownMetricError, canonical_metric
 
 __all__ = ["aggregate", "default_metric", "higher_is_better", "order", "select_settings", "selected_runs",
            "summary_table", "time_to_target"]
@@ -64,7 +64,11 @@ def order(values: Sequence[str], preferred: Sequence[str] | None) -> list[str]:
 def _check_selection_metric(metric: str | None) -> str | None:
     if metric is None:
         return None
-    name = canonical_metric(metric)
+    try:
+        name = canonical_metric(metric)
+    except UnknownMetricError:
+        raise UnknownMetricError(f"unknown metric {metric!r}; settings are selected on valid_loss or "
+                                 "valid_accuracy (or train_loss, train_accuracy)") from None
     if name.startswith("test_"):
         raise ValueError(f"metric {metric!r}: settings are selected on validation (or training) metrics, never on "
                          "the test set; use valid_loss or valid_accuracy")

@@ -1,0 +1,159 @@
+"""The experiments of the thesis and the paper as sweep files, each one command from its report.
+
+An experiment is a sweep file (:mod:`.sweeps`) in ``probprec/bench/experiments/``
+(or any path) with a ``[report]`` table. :func:`run_experiment` runs one scale of
+it (``smoke`` for CI: a few steps on embedded or generated data; ``full``: the
+thesis's budget, for a GPU or a cluster) and writes its report; the runs go to
+``<output>/runs`` and the report to ``<output>/report``. :func:`run_runtime`
+is thesis Exp. 2 as DeepOBS's runtime estimate did it (SGD and the other
+optimizers alternately, several repetitions), but per epoch, with CPU time,
+evaluation excluded.
+
+``[report]`` keys: ``title``, ``baseline`` (runtimes are divided by it),
+``sensitivity`` (label -> hyperparameter), ``mode``, ``metric``, ``spread``,
+``targets`` (problem -> validation target), ``reference`` (result directories of baselines).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .analysis import ReportOptions, load_results, runtime_ratios, write_report
+from .analysis.load import hyperparams_key
+from .analysis.report import Report, runtime_table
+from .optimizers import get_optimizer
+from .sweeps import SweepError, SweepSpec, expand, load_sweep
+
+__all__ = ["EXPERIMENT_DIR", "ExperimentResult", "experiment_names", "experiment_path", "report_options",
+           "run_experiment", "run_runtime"]
+
+EXPERIMENT_DIR = Path(__file__).resolve().parent / "experiments"
+REPORT_KEYS = {"title", "baseline", "sensitivity", "mode", "metric", "spread", "targets", "reference"}
+
+
+def experiment_names() -> list[str]:
+    """The experiments that ship with probprec (the ablation has its own command)."""
+    return sorted(p.stem for p in EXPERIMENT_DIR.glob("*.toml") if p.stem != "ablation")
+
+
+def experiment_path(name: str | Path) -> Path:
+    """A shipped experiment by name, or a sweep file by path."""
+    path = Path(name)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise SweepError(f"{path}: no such experiment file")
+        return path
+    if str(name) in experiment_names():
+        return EXPERIMENT_DIR / f"{name}.toml"
+    raise SweepError(f"unknown experiment {str(name)!r}; known experiments: {', '.join(experiment_names())}, "
+                     "or a path to a sweep file")
+
+
+def labels_of(spec: SweepSpec) -> tuple[dict[tuple[str, str, str], str], list[str]]:
+    """(problem, optimizer, hyperparameter key) -> label of every run of the sweep, and the labels in order."""
+    labels: dict[tuple[str, str, str], str] = {}
+    for sweep_run in expand(spec, output_dir="."):
+        config = sweep_run.config
+        hyperparams = get_optimizer(config.optimizer).hyperparameters(config.problem, config.hyperparams)
+        labels.setdefault((config.problem, config.optimizer, hyperparams_key(hyperparams)), sweep_run.label)
+    return labels, list(dict.fromkeys(labels.values()))
+
+
+def report_options(spec: SweepSpec) -> ReportOptions:
+    """The report options of a sweep: its ``[report]`` table, its problem order and its optimizer labels."""
+    table = dict(spec.report)
+    unknown = sorted(set(table) - REPORT_KEYS)
+    if unknown:
+        allowed = ", ".join(sorted(REPORT_KEYS))
+        raise SweepError(f"{spec.path} [report]: unknown key {unknown[0]!r} (allowed: {allowed})")
+    labels, order = labels_of(spec)
+    reference = table.get("reference", [])
+    options = ReportOptions(
+        title=str(table.get("title", spec.name)), problems=list(spec.problems), optimizers=order,
+        mode=str(table.get("mode", "final")), metric=table.get("metric"), baseline=str(table.get("baseline", "SGD")),
+        spread=str(table.get("spread", "quartiles")), sensitivity=table.get("sensitivity"),
+        targets=table.get("targets"), labels=labels, description=spec.description,
+        reference=[reference] if isinstance(reference, str) else list(reference),
+    )
+    missing = [name for name in (options.sensitivity or {}) if name not in order]
+    if missing:
+        raise SweepError(f"{spec.path} [report]: sensitivity names {missing[0]!r}, which is not an optimizer label "
+                         f"of the sweep ({', '.join(order)})")
+    return options
+
+
+@dataclass
+class ExperimentResult:
+    """What :func:`run_experiment` did."""
+
+    sweep: Any
+    """The sweep's summary (counts of completed, diverged, failed, skipped runs)."""
+    report: Report
+
+
+def run_experiment(name: str | Path, scale: str = "smoke", output_dir: str | Path | None = None,
+                   data_dir: str = "data", device: str = "cpu", executor: str = "local", workers: int | None = None,
+                   report_only: bool = False, echo: Callable[[str], None] = print, **executor_options: Any,
+                   ) -> ExperimentResult:
+    """Run one scale of an experiment and write its report (see the module docstring).
+
+    Raises:
+        SweepError: a bad experiment file, before anything runs.
+    """
+    from .executors import run_sweep
+
+    path = experiment_path(name)
+    spec = load_sweep(path, scale)
+    options = report_options(spec)
+    output = Path(output_dir) if output_dir is not None else Path("results") / spec.name / scale
+    summary = None
+    if not report_only:
+        summary = run_sweep(spec, output / "runs", executor=executor, workers=workers, data_dir=data_dir,
+                            device=device, echo=echo, **executor_options)
+    report = write_report(output / "runs", output / "report", options)
+    for line in report.problems_found:
+        echo(f"warning: {line}")
+    echo(f"report: {report.html} and {report.markdown}")
+    return ExperimentResult(summary, report)
+
+
+def run_runtime(problem: str = "mnist_mlp", optimizers: list[str] | None = None, repetitions: int = 5,
+                epochs: int = 5, batch_size: int | None = None, output_dir: str | Path = "results/runtime",
+                data_dir: str = "data", device: str = "cpu", baseline: str = "SGD", progress: bool = False,
+                echo: Callable[[str], None] = print) -> Report:
+    """Thesis Exp. 2: per repetition, the baseline and then every optimizer, each ``epochs`` epochs; the report.
+
+    Repetition r uses seed 42 + r for every optimizer. Runs whose result exists are not repeated (their
+    recorded times are used). The report's runtime table divides each run's median epoch time by the
+    baseline run of the same repetition.
+    """
+    from .runner import RunConfig, run
+
+    optimizers = optimizers or ["Adam", "PreconditionedSGD", "AdaptiveSGD", "OnlyAdaptiveSGD"]
+    names = [baseline, *[o for o in optimizers if o != baseline]]
+    output = Path(output_dir)
+    hyperparams = {"SGD": {"lr": 0.01}}  # DeepOBS's estimate_runtime: plain SGD at 0.01
+    total = repetitions * len(names)
+    echo(f"runtime: {problem}, {repetitions} repetitions x {len(names)} optimizers x {epochs} epochs -> {output}")
+    done = 0
+    for repetition in range(repetitions):
+        for name in names:
+            result = run(RunConfig(problem, name, dict(hyperparams.get(name, {})), seed=42 + repetition,
+                                   epochs=epochs, batch_size=batch_size, data_dir=data_dir, device=device,
+                                   output_dir=str(output / "runs"), progress=progress))
+            done += 1
+            echo(f"  [{done}/{total}] {name} seed {42 + repetition}: {result.status}")
+            if result.status == "interrupted":
+                raise KeyboardInterrupt
+    options = ReportOptions(title=f"Runtime per epoch relative to {baseline} on {problem}", problems=[problem],
+                            optimizers=names, baseline=baseline)
+    report = write_report(output / "runs", output / "report", options)
+    header, rows = runtime_table(runtime_ratios(load_results(output / "runs"), baseline), names, baseline)
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+    echo(f"report: {report.html}")
+    return report

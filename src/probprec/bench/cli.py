@@ -56,9 +56,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="probprec", description="Probabilistic preconditioning: benchmarks and demos.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    bench = sub.add_parser("benchmark", help="the embedded benchmark (no download): runs, summary table, plots",
+    bench = sub.add_parser("benchmark", help="the embedded benchmark (no download): runs and their report",
                            description="Every problem that needs no download x PreconditionedSGD, AdaptiveSGD, "
-                                       "SGD, Adam x 3 seeds; writes results, summary.md/.csv and plots.")
+                                       "SGD, Adam x 3 seeds; writes results and OUTPUT_DIR/report (HTML, Markdown, "
+                                       "figures, tables).")
     bench.add_argument("--output-dir", default="results/benchmark", help="where results go (default %(default)s)")
     bench.add_argument("--problems", nargs="+", metavar="PROBLEM", help="a subset of the embedded problems")
     bench.add_argument("--optimizers", nargs="+", metavar="NAME", help="other optimizers")
@@ -273,10 +274,7 @@ def _experiment(args: argparse.Namespace) -> int:
     except (SweepError, ConfigError, ValueError) as error:
         print(f"probprec: error: {error}", file=sys.stderr)
         return 2
-    summary = result.sweep
-    if summary is not None and getattr(summary, "failed", 0):
-        return 1
-    return 0
+    return 0 if result.sweep is None else result.sweep.exit_code
 
 
 def _runtime(args: argparse.Namespace) -> int:

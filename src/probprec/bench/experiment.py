@@ -96,7 +96,7 @@ class ExperimentResult:
 
 def run_experiment(name: str | Path, scale: str = "smoke", output_dir: str | Path | None = None,
                    data_dir: str = "data", device: str = "cpu", executor: str = "local", workers: int | None = None,
-                   report_only: bool = False, echo: Callable[[str], None] = print, **executor_options: Any,
+                   report_only: bool = False, echo: Callable[[str], None] = print, slurm: Any = None,
                    ) -> ExperimentResult:
     """Run one scale of an experiment and write its report (see the module docstring).
 
@@ -112,7 +112,7 @@ def run_experiment(name: str | Path, scale: str = "smoke", output_dir: str | Pat
     summary = None
     if not report_only:
         summary = run_sweep(spec, output / "runs", executor=executor, workers=workers, data_dir=data_dir,
-                            device=device, echo=echo, **executor_options)
+                            device=device, slurm=slurm, echo=echo)
     report = write_report(output / "runs", output / "report", options)
     for line in report.problems_found:
         echo(f"warning: {line}")

@@ -17,6 +17,7 @@ everything readable is still reported.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -153,6 +154,10 @@ def sensitivity_points(results: Results, sensitivity: dict[str, str] | None,
     points = pd.DataFrame(rows, columns=["problem", "optimizer", "hyperparameter", "value", "final", "metric"])
     swept_here = points.groupby(["problem", "optimizer"])["value"].transform("nunique") >= 2
     return points[swept_here].reset_index(drop=True), chosen
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -304,9 +309,12 @@ def _overview(doc: Document, results: Results, paths: list, options: ReportOptio
     if options.description:
         doc.paragraph(options.description)
     statuses = results.runs["status"].value_counts()
-    doc.paragraph(f"Generated {datetime.now().isoformat(timespec='seconds')} from "
-                  + ", ".join(f"`{p}`" for p in paths) + f": {len(results.runs)} runs of "
-                  f"{len(results.problem_names)} problems and {len(results.optimizer_names)} optimizers ("
+    sources = (", ".join(f"`{p}`" for p in paths) if len(paths) <= 3
+               else f"{len(paths)} result files under `{os.path.commonpath([str(p) for p in paths])}`")
+    doc.paragraph(f"Generated {datetime.now().isoformat(timespec='seconds')} from {sources}: "
+                  f"{_count(len(results.runs), 'run')} of "
+                  f"{_count(len(results.problem_names), 'problem')} and "
+                  f"{_count(len(results.optimizer_names), 'optimizer')} ("
                   + (", ".join(f"{n} {s}" for s, n in statuses.items()) or "none") + ").")
     if found:
         doc.heading("Files and names that could not be used")

@@ -89,8 +89,11 @@ def console_table(summary: pd.DataFrame) -> str:
         accuracy = getattr(row, "final_test_accuracy_median", math.nan)
         if isinstance(accuracy, float) and not math.isnan(accuracy):
             metric = f"accuracy {accuracy:.4f}"
-        else:
+        elif not math.isnan(row.final_test_loss_median):
             metric = f"loss {row.final_test_loss_median:.4g}"
+        else:
+            metric = "n/a (no run finished)"
+        seconds = row.seconds_per_epoch_median
         lines.append(f"{row.problem:<22} {row.optimizer:<18} {row.status:<24} {metric:<28} "
-                     f"{row.seconds_per_epoch_median:.4f}")
+                     + ("n/a" if math.isnan(seconds) else f"{seconds:.4f}"))
     return "\n".join(lines)

@@ -247,9 +247,14 @@ def _finished(folder: Path, seed: int) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
-def finished_result(config: RunConfig) -> Path | None:
-    """The result file that makes :func:`run` skip ``config``, or None if the run would train."""
-    found = None if config.force else _finished(run_folder(config), config.seed)
+def finished_result(config: RunConfig, folder: Path | None = None) -> Path | None:
+    """The result file that makes :func:`run` skip ``config``, or None if the run would train.
+
+    Args:
+        config: the run.
+        folder: its settings folder, if known (:func:`run_folder`).
+    """
+    found = None if config.force else _finished(folder or run_folder(config), config.seed)
     return found[0] if found else None
 
 

@@ -91,14 +91,19 @@ def test_report_from_deepobs_files_and_reference_overlay(tmp_path):
         accuracy_run(tmp_path / "runs", "SGD", 0.3, seed, v3, t3)
         accuracy_run(tmp_path / "runs", "Adam", 0.001, seed, 0.85, 0.85)
         accuracy_run(tmp_path / "baselines", "Momentum", 0.01, seed, 0.86, 0.87)
-    report = write_report(tmp_path / "runs", tmp_path / "out",
-                          ReportOptions(reference=[str(tmp_path / "baselines")]))
-    summary = report.summary.set_index("optimizer")
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--reference",
+                 str(tmp_path / "baselines")]) == 0
+    summary = pd.read_csv(tmp_path / "out" / "tables" / "summary.csv").set_index("optimizer")
     assert "lr=0.1" in summary.loc["SGD", "setting"]  # chosen on validation although lr=0.3 is better on test
     assert summary.loc["SGD", "final_test_accuracy_median"] == pytest.approx(0.71)
     assert summary.loc["SGD", "final_test_accuracy_q25"] == pytest.approx(0.705)
-    md = report.markdown.read_text()
+    assert summary.loc["Adam", "final_test_accuracy_median"] == pytest.approx(0.85)
+    md = (tmp_path / "out" / "report.md").read_text()
     assert "0.71 [0.705, 0.715]" in md and "(best of 2)" in md
+    assert "deepobs-1.2" in md  # the environment table names the source
+    _assert_valid_images(sorted((tmp_path / "out" / "figures").iterdir()))
+    assert (tmp_path / "out" / "report.html").read_text().count("data:image/png;base64,") == 1
+    report = write_report(tmp_path / "runs", tmp_path / "out2", ReportOptions(reference=[str(tmp_path / "baselines")]))
     assert report.curves["performance"] == 4 * 3  # 2 optimizers + 1 reference, 4 panels
     selection = pd.read_csv(tmp_path / "out" / "tables" / "selection.csv")
     assert len(selection) == 3 and set(selection["metric"]) == {"valid_accuracy"}

@@ -584,14 +584,20 @@ def _run_slurm(runs: list[SweepRun], output_dir: Path, options: SlurmOptions, re
 
 
 def _wait_slurm(pairs: list[tuple[Any, SweepRun]], poll_s: float, report: Callable[[RunOutcome], None]) -> None:
-    """Report each task when its result arrives; a task that left the queue without one failed."""
+    """Report each task when its result arrives; a task that left the queue without one failed.
+
+    Queue states come from ``squeue`` (``sacct`` needs accounting, which small clusters often lack).
+    """
     gone: Counter[str] = Counter()
     while pairs:
         live = _squeue_live([job.job_id for job, _ in pairs])
         waiting = []
         for job, sweep_run in pairs:
-            if job.paths.result_pickle.exists():
-                report(_slurm_outcome(job, sweep_run))
+            outcome = _slurm_outcome(job, sweep_run) if job.paths.result_pickle.exists() else None
+            if outcome is not None and not (outcome.status == "interrupted" and live and job.job_id in live):
+                report(outcome)  # (an interrupted task that is still queued was requeued: it will resume)
+            elif outcome is not None:
+                waiting.append((job, sweep_run))
             elif live is not None and job.job_id not in live:
                 gone[job.job_id] += 1
                 if gone[job.job_id] >= 3:  # the result file lags the end of the job a little

@@ -58,7 +58,7 @@ def test_the_choice_is_made_on_validation_and_rerun_with_ten_seeds(tmp_path):
     assert sorted(choice["rerun"]["results"]) == sorted(str(path) for path, _ in rerun)
 
     written = json.loads((out / "tuning.json").read_text())
-    assert written["rerun_seeds"] == list(range(42, 52)) and written["search_seed"] == 42
+    assert written["rerun_seeds"] == list(range(42, 52)) and written["candidate_seed"] == 42
     assert [c["score"] for c in written["choices"][0]["candidates"]] == [2.0, 3.0, 5.0, None]
     report = (out / "tuning.md").read_text()
     assert "Chosen: `lr=0.01" in report and "Rerun: 10 of 10 seeds (10 completed)" in report

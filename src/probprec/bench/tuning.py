@@ -187,7 +187,7 @@ def _write(spec: SweepSpec, result: TuningResult, metric: str | None, mode: str,
     choices = [{k: v for k, v in c.items() if k != "_run"} for c in result.choices]
     write_json_atomic(result.output_dir / "tuning.json", {
         "sweep": spec.name, "scale": spec.scale, "file": str(spec.path) if spec.path else None,
-        "metric": metric, "mode": mode, "search_seed": first_seed, "rerun_seeds": seeds, "choices": choices,
+        "metric": metric, "mode": mode, "candidate_seed": first_seed, "rerun_seeds": seeds, "choices": choices,
         "notes": result.notes})
     write_text_atomic(result.output_dir / "tuning.md", _markdown(spec, result, metric, mode, first_seed, seeds))
 

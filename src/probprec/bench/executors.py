@@ -197,7 +197,6 @@ def folder_of(config: RunConfig) -> Path:
     return _FOLDERS[key]
 
 
-
 def prepare_runs(spec: SweepSpec, output_dir: str | Path, data_dir: str | Path = "data", device: str = "cpu",
                  progress: bool = False) -> list[SweepRun]:
     """The runs of ``spec``, each once (coinciding settings are merged); ``data = "generate"`` is honoured.

@@ -11,6 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from . import sweep_cli
+from .argtypes import int_at_least
+
 __all__ = ["main"]
 
 EXIT_CODES = {"completed": 0, "diverged": 0, "skipped": 0, "failed": 1, "interrupted": 130}
@@ -23,23 +26,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _int_at_least(low: int):
-    """An argparse type: an integer >= ``low``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_seed = _int_at_least(0)
+_positive_int = int_at_least(1)
+_seed = int_at_least(0)
 
 
 def _restart(text: str) -> str | int:
@@ -88,7 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="run again even if a result exists (a new file)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    ablation = sub.add_parser("ablation", help="the thesis mode, the default mode and each fix alone (issue 4)",
+    ablation = sub.add_parser("ablation", help="the thesis mode, the default mode and each of its fixes alone",
                               description="PreconditionedSGD in the default mode, the thesis mode, and the thesis "
                                           "mode with each single fix; writes ablation.md.")
     ablation.add_argument("--scale", default="smoke", help="a section of the ablation file (smoke, full)")
@@ -126,11 +114,8 @@ def _build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("name", help="a shipped experiment or the path of a sweep file")
     experiment.add_argument("--scale", default="smoke", help="smoke (CI, seconds) or full (default %(default)s)")
     experiment.add_argument("--output-dir", help="default: results/NAME/SCALE")
-    experiment.add_argument("--data-dir", default="data", help="where data sets are (full scale)")
-    experiment.add_argument("--executor", choices=["local", "slurm"], default="local", help="where runs run")
-    experiment.add_argument("--workers", type=_positive_int, help="local processes (default: the CPU count)")
-    experiment.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
     experiment.add_argument("--report-only", action="store_true", help="only (re)write the report")
+    sweep_cli.add_executor_options(experiment)
 
     runtime = sub.add_parser("runtime", help="thesis Exp. 2: time per epoch relative to SGD, wall clock and CPU",
                              description="Per repetition, SGD (lr 0.01) and then each optimizer for --epochs "
@@ -144,6 +129,8 @@ def _build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--data-dir", default="data", help="where data sets are")
     runtime.add_argument("--output-dir", default="results/runtime", help="default %(default)s")
     runtime.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
+
+    sweep_cli.add_commands(sub)
 
     sub.add_parser("list", help="the problems and optimizers with their defaults",
                    description="List the problems and optimizers with their defaults.")
@@ -270,7 +257,7 @@ def _experiment(args: argparse.Namespace) -> int:
 
     try:
         result = run_experiment(args.name, args.scale, args.output_dir, args.data_dir, args.device, args.executor,
-                                args.workers, args.report_only)
+                                args.workers, args.report_only, slurm=sweep_cli.slurm_options(args))
     except (SweepError, ConfigError, ValueError) as error:
         print(f"probprec: error: {error}", file=sys.stderr)
         return 2
@@ -295,6 +282,9 @@ def _runtime(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the chosen command; returns the exit status."""
     args = _build_parser().parse_args(argv)
+    code = sweep_cli.dispatch(args)
+    if code is not None:
+        return code
     if args.command == "list":
         _list()
         return 0

@@ -16,42 +16,27 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["add_commands", "dispatch"]
+from .argtypes import int_at_least as _int_at_least
+from .argtypes import positive_float as _positive_float
+
+__all__ = ["add_commands", "add_executor_options", "dispatch", "slurm_options"]
 
 COMMANDS = ("sweep", "tune")
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="a sweep file (TOML; see probprec.bench.sweeps)")
     parser.add_argument("--scale", default="smoke", help="the section of the file to run (default %(default)s)")
+    parser.add_argument("--output-dir", help="where results go (default: results/<the sweep's name>)")
+    add_executor_options(parser)
+
+
+def add_executor_options(parser: argparse.ArgumentParser) -> None:
+    """Where and how runs run: executor, workers, data, device, and the Slurm options."""
     parser.add_argument("--executor", choices=("local", "slurm"), default="local",
                         help="local: a process pool on this machine (default); slurm: job arrays through submitit")
     parser.add_argument("--workers", type=_int_at_least(1),
                         help="local processes (default: one per core; 1 runs in this process)")
-    parser.add_argument("--output-dir", help="where results go (default: results/<the sweep's name>)")
     parser.add_argument("--data-dir", default="data", help="where data sets are (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
     slurm = parser.add_argument_group("Slurm (with --executor slurm)")
@@ -96,7 +81,8 @@ def add_commands(subparsers: Any) -> None:
                       help="final: the metric after the last epoch; best: the best epoch (default %(default)s)")
 
 
-def _slurm_options(args: argparse.Namespace):
+def slurm_options(args: argparse.Namespace):
+    """The SlurmOptions of parsed :func:`add_executor_options` arguments."""
     from .executors import SlurmOptions
 
     return SlurmOptions(partition=args.partition, time_min=args.time_min, mem_gb=args.mem_gb,
@@ -127,7 +113,7 @@ def _sweep(args: argparse.Namespace) -> int:
             print(command)
         return 0
     summary = run_sweep(spec, output_dir, executor=args.executor, workers=args.workers, data_dir=args.data_dir,
-                        device=args.device, slurm=_slurm_options(args), echo=_echo)
+                        device=args.device, slurm=slurm_options(args), echo=_echo)
     return summary.exit_code
 
 
@@ -138,7 +124,7 @@ def _tune(args: argparse.Namespace) -> int:
     spec = load_sweep(args.file, args.scale)
     output_dir = args.output_dir or f"results/{spec.name}"
     result = tune(spec, output_dir, metric=args.metric, mode=args.mode, seeds=args.seeds, executor=args.executor,
-                  workers=args.workers, data_dir=args.data_dir, device=args.device, slurm=_slurm_options(args),
+                  workers=args.workers, data_dir=args.data_dir, device=args.device, slurm=slurm_options(args),
                   echo=_echo)
     return result.exit_code
 

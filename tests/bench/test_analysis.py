@@ -178,3 +178,17 @@ def test_selected_runs_keeps_only_the_chosen_settings(tmp_path):
     picked = selected_runs(results, select_settings(results))
     assert len(picked.runs) == 1 and picked.runs["hyperparams"].iloc[0] == {"lr": 0.1}
     assert set(picked.curves["run_id"]) == set(picked.runs["run_id"])
+
+
+def test_tables_export_to_csv_and_to_parquet_when_pyarrow_is_installed(tmp_path, monkeypatch):
+    pytest.importorskip("pyarrow")  # a test dependency: present in CI
+    accuracy_run(tmp_path / "runs", "SGD", 0.1, 42, 0.9, 0.9)
+    results = load_results(tmp_path / "runs")
+    written = {p.name for p in results.to_files(tmp_path / "out")}
+    assert written == {"runs.csv", "curves.csv", "runs.parquet", "curves.parquet"}
+    curves = pd.read_parquet(tmp_path / "out" / "curves.parquet")
+    pd.testing.assert_frame_equal(curves, pd.read_csv(tmp_path / "out" / "curves.csv"), check_dtype=False)
+    assert len(curves) == len(results.curves)
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)  # as if pyarrow were not installed
+    written = {p.name for p in results.to_files(tmp_path / "out2")}
+    assert written == {"runs.csv", "curves.csv"}

@@ -92,6 +92,15 @@ def _band(ax, rows: pd.DataFrame, color: str, label: str, spread: str, linestyle
         ax.fill_between(rows["epoch"], low, high, color=color, alpha=0.2, linewidth=0)
 
 
+def _curves(ax, rows: pd.DataFrame, optimizers: Sequence[str], colors: dict[str, str],
+            spread: str = "quartiles") -> None:
+    """One band (line and spread) per optimizer present in ``rows``, in the given order."""
+    for optimizer in optimizers:
+        sub = rows[rows["optimizer"] == optimizer]
+        if not sub.empty:
+            _band(ax, sub, colors.get(optimizer, "k"), optimizer, spread)
+
+
 def _log_if_positive(ax, values: pd.Series) -> None:
     values = values.dropna()
     if len(values) and (values > 0).all() and values.max() / values.min() > 20:
@@ -130,10 +139,7 @@ def performance_figure(aggregated: pd.DataFrame, problems: Sequence[str], optimi
                 if rows.empty and refs.empty:
                     ax.set_axis_off()
                     continue
-                for optimizer in optimizers:
-                    sub = rows[rows["optimizer"] == optimizer]
-                    if not sub.empty:
-                        _band(ax, sub, colors.get(optimizer, "k"), optimizer, spread)
+                _curves(ax, rows, optimizers, colors, spread)
                 for name in reference_names:
                     sub = refs[refs["optimizer"] == name]
                     if not sub.empty:
@@ -200,10 +206,7 @@ def grid_figure(aggregated: pd.DataFrame, problems: Sequence[str], batch_sizes: 
                 ax = axes[r][c]
                 rows = aggregated[(aggregated["problem"] == problem) & (aggregated["batch_size"] == batch_size)
                                   & (aggregated["metric"] == metric)]
-                for optimizer in optimizers:
-                    sub = rows[rows["optimizer"] == optimizer]
-                    if not sub.empty:
-                        _band(ax, sub, colors.get(optimizer, "k"), optimizer, "quartiles")
+                _curves(ax, rows, optimizers, colors)
                 if r == 0:
                     ax.set_title(f"batch size {batch_size}")
                 if c == 0:
@@ -273,10 +276,7 @@ def optimizer_state_figure(aggregated: pd.DataFrame, problems: Sequence[str], op
             for r, metric in enumerate(metrics):
                 ax = axes[r][c]
                 rows = aggregated[(aggregated["problem"] == problem) & (aggregated["metric"] == metric)]
-                for optimizer in optimizers:
-                    sub = rows[rows["optimizer"] == optimizer]
-                    if not sub.empty:
-                        _band(ax, sub, colors.get(optimizer, "k"), optimizer, "quartiles")
+                _curves(ax, rows, optimizers, colors)
                 _log_if_positive(ax, rows["median"])
                 if r == 0:
                     ax.set_title(problem)

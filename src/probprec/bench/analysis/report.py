@@ -219,7 +219,7 @@ def write_report(paths: str | Path | Sequence[str | Path], out_dir: str | Path,
     aggregated = aggregate(picked)
     ttt, targets = time_to_target(picked, options.targets)
     summary = summary_table(results, chosen, ttt)
-    ratios = runtime_ratios(results.subset(optimizers=None), options.baseline) if len(results.runs) else None
+    ratios = runtime_ratios(results, options.baseline) if len(results.runs) else None
 
     doc = Document(options.title)
     _overview(doc, results, paths, options, found)

@@ -58,7 +58,7 @@ def test_a_failed_run_never_stops_the_sweep_and_only_it_is_retried(tmp_path, cap
     text = capsys.readouterr().out
     assert "3 runs (0 already finished, 3 to run)" in text
     assert "3 runs in" in text and "1 completed, 1 diverged, 1 failed" in text
-    assert "two_d_branin torch.optim.LBFGS seed 42 [num_epochs__2__batch_size__128]: TypeError" in text
+    assert "two_d_branin torch.optim.LBFGS (epochs=2) seed 42 [num_epochs__2__batch_size__128]: TypeError" in text
     statuses = {record["optimizer_name"] + str(record["optimizer_hyperparams"].get("lr")): record["status"]
                 for _, record in results(out)}
     assert sorted(statuses.values()) == ["completed", "diverged", "failed"]

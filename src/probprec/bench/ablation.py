@@ -24,6 +24,8 @@ from probprec.thesis import FIXES
 from .problems import get_problem
 from .results import write_text_atomic
 from .runner import RunConfig, RunResult, run
+from .threads import threads_per_process, using_threads
+from .wording import counted
 
 __all__ = ["CONFIGURATIONS", "load_ablation", "report", "run_ablation"]
 
@@ -59,24 +61,26 @@ def run_ablation(output_dir: str | Path = "results/ablation", scale: str = "smok
     seeds = seeds or spec["seeds"]
     output = Path(output_dir)
     total = len(CONFIGURATIONS) * len(spec["problems"]) * len(seeds)
-    echo(f"ablation ({scale}): {len(CONFIGURATIONS)} configurations x {len(spec['problems'])} problems x "
-         f"{len(seeds)} seeds = {total} runs -> {output}")
+    echo(f"ablation ({scale}): {counted(len(CONFIGURATIONS), 'configuration')} x "
+         f"{counted(len(spec['problems']), 'problem')} x {counted(len(seeds), 'seed')} = {counted(total, 'run')} "
+         f"-> {output}")
     results: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
     done = 0
-    for problem in spec["problems"]:
-        for label, hyperparams in CONFIGURATIONS:
-            for seed in seeds:
-                config = RunConfig(problem, spec["optimizer"], dict(hyperparams), seed=seed,
-                                   epochs=spec["epochs"].get(problem), batch_size=spec["batch_size"].get(problem),
-                                   data_dir=data_dir, device=device, output_dir=str(output / "runs"),
-                                   progress=progress)
-                result = run(config)
-                results[(problem, label)].append(result)
-                done += 1
-                if result.status in ("failed", "interrupted"):
-                    echo(f"  [{done}/{total}] {problem} {label} seed {seed}: {result.status} "
-                         f"({result.record.get('status_reason')})")
-        echo(f"  {problem}: {done}/{total} runs done")
+    with using_threads(threads_per_process()):  # the runs take turns in this process
+        for problem in spec["problems"]:
+            for label, hyperparams in CONFIGURATIONS:
+                for seed in seeds:
+                    config = RunConfig(problem, spec["optimizer"], dict(hyperparams), seed=seed,
+                                       epochs=spec["epochs"].get(problem), batch_size=spec["batch_size"].get(problem),
+                                       data_dir=data_dir, device=device, output_dir=str(output / "runs"),
+                                       progress=progress)
+                    result = run(config)
+                    results[(problem, label)].append(result)
+                    done += 1
+                    if result.status in ("failed", "interrupted"):
+                        echo(f"  [{done}/{total}] {problem} {label} seed {seed}: {result.status} "
+                             f"({result.record.get('status_reason')})")
+            echo(f"  {problem}: {done}/{total} runs done")
     text = report(results, spec["problems"], scale)
     write_text_atomic(output / "ablation.md", text)
     echo(f"wrote {output / 'ablation.md'}")

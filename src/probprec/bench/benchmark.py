@@ -5,6 +5,8 @@ AdaptiveSGD, SGD, Adam), three seeds; results in DeepOBS's layout under the
 output directory, then the report (:mod:`probprec.bench.analysis`) in
 ``report/``: ``report.html``, ``report.md``, figures and tables. Runs whose
 result exists are skipped, so a second invocation only redraws the report.
+The runs take turns in this process, with the thread count of
+:func:`probprec.bench.threads.threads_per_process`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import pandas as pd
 from .analysis import ReportOptions, write_report
 from .problems import EMBEDDED
 from .runner import RunConfig, RunResult, run
+from .threads import threads_per_process, using_threads
+from .wording import counted
 
 __all__ = ["BENCHMARK_OPTIMIZERS", "BENCHMARK_SEEDS", "console_table", "run_benchmark"]
 
@@ -44,24 +48,17 @@ def run_benchmark(
     optimizers = optimizers or list(BENCHMARK_OPTIMIZERS)
     seeds = seeds or list(BENCHMARK_SEEDS)
     output = Path(output_dir)
-    total = len(problems) * len(optimizers) * len(seeds)
-    echo(f"benchmark: {len(problems)} problems x {len(optimizers)} optimizers x {len(seeds)} seeds = {total} runs "
-         f"-> {output}")
-    results = []
+    configs = [RunConfig(problem, optimizer, seed=seed, epochs=QUICK_EPOCHS.get(problem, 5) if quick else None,
+                         output_dir=str(output), force=force, progress=progress)
+               for problem in problems for optimizer in optimizers for seed in seeds]
+    echo(f"benchmark: {counted(len(problems), 'problem')} x {counted(len(optimizers), 'optimizer')} x "
+         f"{counted(len(seeds), 'seed')} = {counted(len(configs), 'run')} -> {output}")
     start = time.perf_counter()
-    for problem in problems:
-        epochs = (QUICK_EPOCHS.get(problem, 5) if quick else None)
-        for optimizer in optimizers:
-            for seed in seeds:
-                config = RunConfig(problem, optimizer, seed=seed, epochs=epochs, output_dir=str(output),
-                                   force=force, progress=progress)
-                result = run(config)
-                results.append(result)
-                echo(f"  [{len(results):>3}/{total}] {problem:<22} {optimizer:<18} seed {seed}: "
-                     f"{result.status:<10} {_final(result.record)}")
-                if result.status == "interrupted":
-                    echo("interrupted: run the same command again to resume")
-                    return results
+    with using_threads(threads_per_process()):
+        results = _run_all(configs, echo)
+    if results[-1].status == "interrupted":
+        echo("interrupted: run the same command again to resume")
+        return results
     echo(f"finished in {time.perf_counter() - start:.0f} s")
     report = write_report([r.path for r in results], output / "report", ReportOptions(
         title="probprec: the embedded benchmark", problems=problems, optimizers=optimizers,
@@ -69,6 +66,19 @@ def run_benchmark(
                     "default hyperparameters (tuned learning rates where known)."))
     echo("\n" + console_table(report.summary))
     echo(f"report: {report.html} (and report.md, {len(report.figures) // 2} figures, tables/)")
+    return results
+
+
+def _run_all(configs: list[RunConfig], echo: Callable[[str], None]) -> list[RunResult]:
+    """Run ``configs`` in turn, one progress line each; stop after an interrupted run."""
+    results = []
+    for config in configs:
+        result = run(config)
+        results.append(result)
+        echo(f"  [{len(results):>3}/{len(configs)}] {config.problem:<22} {config.optimizer:<18} seed {config.seed}: "
+             f"{result.status:<10} {_final(result.record)}")
+        if result.status == "interrupted":
+            break
     return results
 
 

@@ -2,7 +2,8 @@
 
 No download: the data set ships with scikit-learn. Each epoch starts a fresh
 estimate (the thesis's schedule); the per-epoch table shows the training loss,
-the test accuracy and the step size PreconditionedSGD estimated.
+the test accuracy and the step size PreconditionedSGD estimated. Training uses
+the thread count of :func:`probprec.bench.threads.threads_per_process`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from torch import nn
 from probprec import PreconditionedSGD
 
 from .results import write_text_atomic
+from .threads import threads_per_process, using_threads
+from .wording import counted
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -120,11 +123,12 @@ def run_demo(epochs: int = 10, batch_size: int = 32, seed: int = 0, output_dir: 
     warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
     data = digits()
     echo(f"digits: {len(data[1])} training and {len(data[3])} test images, MLP 64-128-10, "
-         f"batch {batch_size}, {epochs} epochs, seed {seed}")
+         f"batch {batch_size}, {counted(epochs, 'epoch')}, seed {seed}")
     results = []
-    for name in ("SGD", "PreconditionedSGD"):
-        echo(f"training {name} ...")
-        results.append(train(name, epochs, batch_size, seed, data))
+    with using_threads(threads_per_process()):
+        for name in ("SGD", "PreconditionedSGD"):
+            echo(f"training {name} ...")
+            results.append(train(name, epochs, batch_size, seed, data))
     echo(f"\n{'epoch':>5} | {'SGD loss':>9} {'acc':>6} | {'PrecSGD loss':>12} {'acc':>6} {'step size':>10}")
     for e in range(epochs):
         a, b = results

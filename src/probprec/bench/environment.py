@@ -47,9 +47,14 @@ def _git_commit() -> str | None:
         return None
 
 
-@cache
 def environment() -> dict[str, Any]:
-    """Versions, hardware and commit, as plain values (computed once per process)."""
+    """Versions, hardware, commit and the torch thread count now, as plain values."""
+    return {**_fixed_environment(), "torch_threads": torch.get_num_threads()}
+
+
+@cache
+def _fixed_environment() -> dict[str, Any]:
+    """What does not change while the process runs (computed once per process)."""
     cuda = torch.cuda.is_available()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
     return {
@@ -57,7 +62,6 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "gpus": gpus,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "packages": {name: _version(name) for name in ("probprec", "torch", "torchvision", "numpy", "scipy",

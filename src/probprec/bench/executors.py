@@ -4,20 +4,26 @@
 how many there are and how many already have a result, and runs the others with
 
 * ``executor="local"``: a process pool (``forkserver``, or ``spawn`` where there is none) with
-  one worker per core by default, one torch thread per worker when there are several; or in
-  this process with ``workers=1``;
+  one worker per core by default; or in this process with ``workers=1``;
 * ``executor="slurm"``: `submitit <https://github.com/facebookincubator/submitit>`_ job
   arrays (``sbatch --array`` with a concurrency throttle), one task per run; a task that
   is preempted or about to time out is requeued and resumes from the run's checkpoint.
+
+Every executor sets torch's thread count by the one policy of :mod:`probprec.bench.threads`:
+the pool's workers share the cores (workers x threads <= cores), a sweep in this process
+uses them all, a Slurm task uses its ``--cpus-per-task``.
 
 A run is finished when a ``completed`` or ``diverged`` result exists for its settings
 folder and seed and no checkpoint is left (:func:`probprec.bench.runner.is_finished`),
 so rerunning a sweep retries only what did not complete, and an interrupted run resumes
 from its last finished epoch. A failed run (an exception, or status ``failed``) never
 stops the others; its reason is in the summary and, where the runner got that far, in
-its result file. A lock file keeps two sweeps from running into the same output folder
-at once, and the Slurm job arrays of a sweep are remembered until they have left the
-queue, so a rerun never runs a run twice at the same time.
+its result file. A lock keeps two sweeps from running into the same output folder at
+once, and every run holds its own lock while it runs (:mod:`probprec.bench.locks`), so a
+``probprec run`` of one of the sweep's runs and the sweep never both execute it (the one
+that comes second reports the run as running elsewhere). The Slurm job arrays of a sweep
+are remembered until they have left the queue, so a rerun never runs a run twice at the
+same time.
 
 :func:`emit_commands` writes the pending runs as ``probprec run`` command lines for
 other schedulers instead.
@@ -36,19 +42,21 @@ import subprocess
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .data import DataMissingError
+from .locks import LockHeldError, holding, sweep_lock_path
 from .problems import get_problem
 from .results import existing_results
-from .runner import ConfigError, RunConfig, _interruptible, finished_result, run, run_folder
+from .runner import ConfigError, RunConfig, _checkpoint_path, _interruptible, finished_result, run, run_folder
 from .sweeps import SweepRun, SweepSpec, expand
+from .threads import available_cores, threads_per_process, using_threads
+from .wording import counted
 
 try:  # the Slurm executor's requeue protocol; submitit is optional for everything else
     from submitit.helpers import Checkpointable as _Checkpointable
@@ -60,7 +68,6 @@ __all__ = ["EXECUTORS", "RunOutcome", "SlurmOptions", "SlurmTask", "SweepSummary
 
 EXECUTORS = ("local", "slurm")
 GENERATED_MARKER = ".generated"
-LOCK_NAME = ".sweep.lock"
 SLURM_JOBS_NAME = ".slurm_jobs"
 
 Echo = Callable[[str], Any]
@@ -106,6 +113,8 @@ class RunOutcome:
     seed: int
     setting: str
     """The run's settings folder name."""
+    described: str
+    """What sets the run apart from the others of its optimizer entry (:func:`describe_setting`)."""
     status: str
     """``completed``, ``diverged``, ``failed``, ``interrupted``, ``skipped`` (finished before),
     ``not run`` (the sweep was stopped first) or ``submitted`` (to Slurm, not waited for)."""
@@ -114,8 +123,8 @@ class RunOutcome:
     """The result file, where there is one."""
 
     def line(self) -> str:
-        """One line: status, problem, optimizer entry, seed (and the reason of a failure)."""
-        text = f"{self.status:<11} {self.problem} {self.label} seed {self.seed}"
+        """One line: status, problem, optimizer entry, its setting, seed (and the reason of a failure)."""
+        text = f"{self.status:<11} {self.problem} {self.label} ({self.described}) seed {self.seed}"
         return f"{text}: {self.reason}" if self.reason and self.status in ("failed", "interrupted") else text
 
 
@@ -160,18 +169,19 @@ class SweepSummary:
     def text(self) -> str:
         """A printable summary: counts, then every failure with its reason and result file."""
         counts = ", ".join(f"{n} {status}" for status, n in self.counts.items()) or "no runs"
-        lines = [f"{self.total} runs in {self.output_dir}: {counts}"]
+        lines = [f"{counted(self.total, 'run')} in {self.output_dir}: {counts}"]
         if self.failures:
             lines.append(f"failed ({len(self.failures)}):")
             for outcome in self.failures:
-                lines.append(f"  {outcome.problem} {outcome.label} seed {outcome.seed} [{outcome.setting}]: "
+                lines.append(f"  {outcome.problem} {outcome.label} ({outcome.described}) seed {outcome.seed} "
+                         f"[{outcome.setting}]: "
                              f"{outcome.reason}")
                 if outcome.path:
                     lines.append(f"    {outcome.path}")
         left = self.count("interrupted") + self.count("not run")
         if left:
-            lines.append(f"interrupted: {left} runs left; the same command finishes them (interrupted runs resume "
-                         "from their last finished epoch)")
+            lines.append(f"interrupted: {counted(left, 'run')} left; the same command finishes them (interrupted "
+                         "runs resume from their last finished epoch)")
         if self.count("submitted"):
             lines.append("submitted to Slurm: the same command again collects the results once the jobs are done")
         return "\n".join(lines)
@@ -248,13 +258,27 @@ def _check_data(runs: list[SweepRun]) -> None:
                 raise ConfigError(str(error)) from None
 
 
+def describe_setting(config: RunConfig) -> str:
+    """The hyperparameters of a run and the budget it sets, as ``key=value`` (``defaults`` if none).
+
+    Example:
+        >>> describe_setting(RunConfig("p", "SGD", {"momentum": 0.9, "lr": 0.039810717055349734}, epochs=2))
+        'epochs=2, lr=0.03981071706, momentum=0.9'
+    """
+    shown = {"epochs": config.epochs, "batch_size": config.batch_size, "l2": config.l2,
+             "restart": None if config.restart == "default" else config.restart}
+    items = [(k, v) for k, v in shown.items() if v is not None] + sorted(config.hyperparams.items())
+    return ", ".join(f"{k}={format(v, '.10g') if isinstance(v, float) else v}" for k, v in items) or "defaults"
+
+
 def _outcome(sweep_run: SweepRun, status: str, reason: str | None = None, path: str | None = None) -> RunOutcome:
     config = sweep_run.config
     try:
         setting = folder_of(config).name
     except ConfigError:
         setting = "?"
-    return RunOutcome(config.problem, config.optimizer, sweep_run.label, config.seed, setting, status, reason, path)
+    return RunOutcome(config.problem, config.optimizer, sweep_run.label, config.seed, setting,
+                      describe_setting(config), status, reason, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -279,6 +303,8 @@ def execute(sweep_run: SweepRun, threads: int | None = None) -> RunOutcome:
         torch.set_num_threads(threads)
     try:
         result = run(sweep_run.config)
+    except LockHeldError as error:
+        return _outcome(sweep_run, "failed", f"not run here: {error}")
     except ConfigError as error:
         return _outcome(sweep_run, "failed", f"bad input: {error}")
     except Exception as error:  # a failing run never stops the sweep
@@ -338,9 +364,9 @@ def _run_in_worker(sweep_run: SweepRun) -> RunOutcome:
     return outcome
 
 
-def _isolated(sweep_run: SweepRun, connection) -> None:
-    """Target of a process that runs one suspect run alone (after a worker died)."""
-    _init_worker(1)
+def _isolated(sweep_run: SweepRun, connection, threads: int) -> None:
+    """Target of a process that runs one suspect run alone (after a worker died), with the pool's threads."""
+    _init_worker(threads)
     connection.send(execute(sweep_run))
     connection.close()
 
@@ -361,6 +387,7 @@ class _LocalPool:
 
     def __init__(self, workers: int, report: Callable[[RunOutcome], None]):
         self.workers = workers
+        self.threads = threads_per_process(workers)
         self.report = report
         self.context = _context()
         self.queue: deque[SweepRun] = deque()
@@ -369,7 +396,8 @@ class _LocalPool:
         self.pool: ProcessPoolExecutor | None = None
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=self.context, initializer=_init_worker, initargs=(1,))
+        return ProcessPoolExecutor(self.workers, mp_context=self.context, initializer=_init_worker,
+                                   initargs=(self.threads,))
 
     def run(self, runs: list[SweepRun]) -> None:
         """Run ``runs``; on KeyboardInterrupt stop the workers (each run records ``interrupted``)."""
@@ -416,7 +444,7 @@ class _LocalPool:
 
     def _run_alone(self, sweep_run: SweepRun) -> RunOutcome:
         receive, send = self.context.Pipe(duplex=False)
-        process = self.context.Process(target=_isolated, args=(sweep_run, send), daemon=True)
+        process = self.context.Process(target=_isolated, args=(sweep_run, send, self.threads), daemon=True)
         process.start()
         send.close()
         try:
@@ -451,20 +479,26 @@ class _LocalPool:
 def _run_local(runs: list[SweepRun], workers: int, report: Callable[[RunOutcome], None]) -> list[SweepRun]:
     """Run ``runs`` on this machine; returns the runs left when interrupted (empty otherwise)."""
     if workers == 1:
-        for i, sweep_run in enumerate(runs):
-            try:
-                outcome = execute(sweep_run)
-            except KeyboardInterrupt:
-                return runs[i:]
-            report(outcome)
-            if outcome.status == "interrupted":
-                return runs[i + 1:]
-        return []
+        with using_threads(threads_per_process(1)):
+            return _run_here(runs, report)
     pool = _LocalPool(workers, report)
     try:
         pool.run(runs)
     except KeyboardInterrupt:
         return pool.left()
+    return []
+
+
+def _run_here(runs: list[SweepRun], report: Callable[[RunOutcome], None]) -> list[SweepRun]:
+    """Run ``runs`` one after the other in this process; returns the runs left when interrupted."""
+    for i, sweep_run in enumerate(runs):
+        try:
+            outcome = execute(sweep_run)
+        except KeyboardInterrupt:
+            return runs[i:]
+        report(outcome)
+        if outcome.status == "interrupted":
+            return runs[i + 1:]
     return []
 
 
@@ -562,12 +596,12 @@ def _run_slurm(runs: list[SweepRun], output_dir: Path, options: SlurmOptions, re
     """Submit ``runs`` as one job array and (unless told not to) wait; returns the runs left when interrupted."""
     executor, folder = _slurm_executor(output_dir, options, f"probprec-{output_dir.name}")
     runs = [_absolute(r) for r in runs]
-    jobs = executor.map_array(SlurmTask(options.cpus_per_task), runs)
+    jobs = executor.map_array(SlurmTask(threads_per_process(1, cores=options.cpus_per_task)), runs)
     array = jobs[0].job_id.split("_")[0]
     with open(output_dir / SLURM_JOBS_NAME, "a") as handle:
         handle.write(f"{array}\n")
-    echo(f"submitted {len(runs)} runs as Slurm job array {array} (at most {options.array_parallelism} at a time); "
-         f"logs in {folder.replace('%j', array + '_*')}")
+    echo(f"submitted {counted(len(runs), 'run')} as Slurm job array {array} (at most {options.array_parallelism} "
+         f"at a time); logs in {folder.replace('%j', array + '_*')}")
     if not options.wait:
         for sweep_run in runs:
             report(_outcome(sweep_run, "submitted", f"Slurm job array {array}"))
@@ -623,37 +657,16 @@ def _slurm_outcome(job, sweep_run: SweepRun) -> RunOutcome:
 # The sweep
 
 
-@contextmanager
-def _sweep_lock(output_dir: Path) -> Iterator[None]:
-    """One sweep at a time per output folder (an advisory lock that the OS releases if the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / LOCK_NAME, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            raise ConfigError(f"another sweep (process {holder}) is running into {output_dir}; wait for it to "
-                              "finish") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _sweep_lock(output_dir: Path):
+    """One sweep at a time per output folder (:mod:`probprec.bench.locks`)."""
+    return holding(sweep_lock_path(output_dir), f"another sweep ({{holder}}) is running into {output_dir}; wait for "
+                                                "it to finish")
 
 
 def _default_workers(pending: int, device: str) -> int:
     if device != "cpu":
         return 1  # one accelerator: runs take turns on it
-    return max(1, min(os.cpu_count() or 1, pending))
+    return max(1, min(available_cores(), pending))
 
 
 def run_runs(runs: list[SweepRun], output_dir: str | Path, *, executor: str = "local", workers: int | None = None,
@@ -671,14 +684,15 @@ def run_runs(runs: list[SweepRun], output_dir: str | Path, *, executor: str = "l
     summary = SweepSummary(str(output_dir))
     pending = pending_runs(runs)
     finished = len(runs) - len(pending)
-    echo(f"{len(runs)} runs ({finished} already finished, {len(pending)} to run) -> {output_dir}")
+    echo(f"{counted(len(runs), 'run')} ({finished} already finished, {len(pending)} to run) -> {output_dir}")
     waiting = {id(r) for r in pending}
     summary.outcomes += [_outcome(r, "skipped", path=str(finished_result(r.config, folder_of(r.config))))
                          for r in runs if id(r) not in waiting]
     with _sweep_lock(output_dir):
         _check_no_active_jobs(output_dir)
         if not pending:
-            echo(f"nothing to do: all {len(runs)} runs have results in {output_dir}")
+            have = "the run has its result" if len(runs) == 1 else f"all {len(runs)} runs have results"
+            echo(f"nothing to do: {have} in {output_dir}")
             return summary
         _check_data(pending)
         count = [0]
@@ -705,7 +719,7 @@ def _left_outcome(sweep_run: SweepRun) -> RunOutcome:
     done = finished_result(sweep_run.config, folder)
     if done is not None:
         return _outcome(sweep_run, "completed", path=str(done))
-    started = (folder / f".checkpoint__random_seed__{seed}.pt").exists() or any(
+    started = _checkpoint_path(folder, seed).exists() or any(
         record.get("status") == "interrupted" for _, record in existing_results(folder, seed))
     return _outcome(sweep_run, "interrupted" if started else "not run")
 

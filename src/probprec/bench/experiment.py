@@ -131,23 +131,28 @@ def run_runtime(problem: str = "mnist_mlp", optimizers: list[str] | None = None,
     baseline run of the same repetition.
     """
     from .runner import RunConfig, run
+    from .threads import threads_per_process, using_threads
+    from .wording import counted
 
     optimizers = optimizers or ["Adam", "PreconditionedSGD", "AdaptiveSGD", "OnlyAdaptiveSGD"]
     names = [baseline, *[o for o in optimizers if o != baseline]]
     output = Path(output_dir)
     hyperparams = {"SGD": {"lr": 0.01}}  # DeepOBS's estimate_runtime: plain SGD at 0.01
     total = repetitions * len(names)
-    echo(f"runtime: {problem}, {repetitions} repetitions x {len(names)} optimizers x {epochs} epochs -> {output}")
+    threads = threads_per_process()
+    echo(f"runtime: {problem}, {counted(repetitions, 'repetition')} x {counted(len(names), 'optimizer')} x "
+         f"{counted(epochs, 'epoch')}, {counted(threads, 'torch thread')} -> {output}")
     done = 0
-    for repetition in range(repetitions):
-        for name in names:
-            result = run(RunConfig(problem, name, dict(hyperparams.get(name, {})), seed=42 + repetition,
-                                   epochs=epochs, batch_size=batch_size, data_dir=data_dir, device=device,
-                                   output_dir=str(output / "runs"), progress=progress))
-            done += 1
-            echo(f"  [{done}/{total}] {name} seed {42 + repetition}: {result.status}")
-            if result.status == "interrupted":
-                raise KeyboardInterrupt
+    with using_threads(threads):
+        for repetition in range(repetitions):
+            for name in names:
+                result = run(RunConfig(problem, name, dict(hyperparams.get(name, {})), seed=42 + repetition,
+                                       epochs=epochs, batch_size=batch_size, data_dir=data_dir, device=device,
+                                       output_dir=str(output / "runs"), progress=progress))
+                done += 1
+                echo(f"  [{done}/{total}] {name} seed {42 + repetition}: {result.status}")
+                if result.status == "interrupted":
+                    raise KeyboardInterrupt
     options = ReportOptions(title=f"Runtime per epoch relative to {baseline} on {problem}", problems=[problem],
                             optimizers=names, baseline=baseline)
     report = write_report(output / "runs", output / "report", options)

@@ -38,7 +38,9 @@ from torch.utils.data import DataLoader
 
 from .data import DataMissingError
 from .environment import environment
+from .locks import holding, run_lock_path
 from .optimizers import get_optimizer
+from .pause import pause_if_asked
 from .problems import get_problem
 from .results import (
     SCHEMA_VERSION,
@@ -290,11 +292,24 @@ def _prepare(config: RunConfig):
 def run(config: RunConfig) -> RunResult:
     """Run (or resume, or skip) one configuration; see the module docstring.
 
+    One process at a time runs a configuration, whoever started it (:mod:`probprec.bench.locks`).
+
     Raises:
         ConfigError: on bad input, before anything is written.
+        LockHeldError: another process is running this configuration (nothing was changed).
     """
+    prepared = _prepare(config)
+    problem, spec, folder = prepared[0], prepared[1], prepared[-1]
+    with holding(run_lock_path(folder, config.seed),
+                 f"{problem.name} {spec.name} seed {config.seed} is already running in {{holder}} (settings folder "
+                 f"{folder}); wait for it to finish, then the same command skips or resumes it"):
+        return _run_prepared(config, prepared)
+
+
+def _run_prepared(config: RunConfig, prepared: tuple) -> RunResult:
+    """The body of :func:`run`, under the run's lock."""
     (problem, spec, hyperparams, epochs, batch_size, restart, device, splits, model, optimizer,
-     folder) = _prepare(config)
+     folder) = prepared
     checkpoint_path = _checkpoint_path(folder, config.seed)
     done = None if config.force else _finished(folder, config.seed)
     if done is not None:
@@ -393,6 +408,7 @@ def run(config: RunConfig) -> RunResult:
                     raise _Diverged(f"non-finite evaluation loss after epoch {epoch}", step)
                 if epoch + 1 < epochs:
                     _save_checkpoint(checkpoint_path, model, optimizer, record, epoch + 1, loader_generator)
+                    pause_if_asked(epoch + 1, checkpoint_path)
         record.update(status="completed", stopped_at_step=step, stopped_at_epoch=epochs)
         record["diagnostics"] = problem.diagnostics(model, optimizer)
     except _Diverged as diverged:
@@ -429,10 +445,16 @@ class _Diverged(Exception):
 
 def _save_checkpoint(path: Path, model, optimizer, record, epoch: int, loader_generator) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record, "epoch": epoch,
-                "rng": _rng_state(loader_generator)}, tmp)
-    tmp.replace(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")  # a name of its own
+    tmp = Path(name)
+    try:
+        with open(fd, "wb") as handle:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record,
+                        "epoch": epoch, "rng": _rng_state(loader_generator)}, handle)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _postfix(record: dict[str, Any], has_accuracy: bool) -> str:

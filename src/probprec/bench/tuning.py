@@ -27,6 +27,7 @@ from .executors import Echo, SlurmOptions, SweepSummary, folder_of, prepare_runs
 from .results import existing_results, write_json_atomic, write_text_atomic
 from .runner import ConfigError
 from .sweeps import SweepRun, SweepSpec
+from .wording import counted
 
 __all__ = ["DEFAULT_SEEDS", "TuningResult", "tune"]
 
@@ -163,15 +164,15 @@ def _markdown(spec: SweepSpec, result: TuningResult, metric: str | None, mode: s
     lines = [f"# Tuning: {spec.name} [{spec.scale}]", "",
              f"Protocol: every setting with seed {first_seed}; per problem and optimizer the setting with the best "
              f"validation metric ({metric or 'validation accuracy where the problem has one, else validation loss'}, "
-             f"mode `{mode}`; diverged or failed runs rank last); that setting rerun with seeds "
-             f"{seeds[0]}-{seeds[-1] if len(seeds) > 1 else seeds[0]} ({len(seeds)} seeds).", ""]
+             f"mode `{mode}`; diverged or failed runs rank last); that setting rerun with "
+             f"{counted(len(seeds), 'seed')} ({', '.join(map(str, seeds))}).", ""]
     for choice in result.choices:
         rerun = choice.get("rerun")
         lines += [f"## {choice['problem']} / {choice['optimizer']}", "",
                   f"Chosen: `{choice['setting']}`, {choice['metric']} = {_score(choice['score'])}", ""]
         if rerun:
             statuses = ", ".join(f"{n} {s}" for s, n in sorted(rerun["statuses"].items()))
-            lines += [f"Rerun: {len(rerun['results'])} of {len(rerun['seeds'])} seeds ({statuses}) in "
+            lines += [f"Rerun: {len(rerun['results'])} of {counted(len(rerun['seeds']), 'seed')} ({statuses}) in "
                       f"`{rerun['folder']}`", ""]
         lines += [f"| rank | setting | {choice['metric']} | status |", "| ---: | --- | ---: | --- |"]
         lines += [f"| {c['rank']} | `{_cell(c['setting'])}` | {_score(c['score'])} | {c['status']} |"
@@ -239,7 +240,7 @@ def tune(spec: SweepSpec, output_dir: str | Path, *, metric: str | None = None, 
         echo(f"  {choice['problem']} {choice['optimizer']}: {choice['setting']} ({choice['metric']} "
              f"{_score(choice['score'])})")
     reruns = _rerun_runs(result.choices, seeds, result.notes)
-    echo(f"step 3 of 3: the chosen settings with seeds {', '.join(map(str, seeds))}")
+    echo(f"step 3 of 3: the chosen settings with {'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))}")
     result.rerun = run_runs(reruns, output_dir, executor=executor, workers=workers, slurm=slurm, echo=echo)
     _record_reruns(result.choices, seeds)
     _write(spec, result, metric, mode, first, seeds)

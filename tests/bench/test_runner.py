@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from run_control import pause_env, paused, wait_for
 
 from probprec.bench.problems.synthetic import QuadraticDeep
 from probprec.bench.runner import RunConfig, run
@@ -138,28 +138,28 @@ def test_interrupt_before_the_first_checkpoint_leaves_one_record(tmp_path, monke
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_killed_process_resumes_to_the_same_result(tmp_path, sig):
+    """The run waits after its checkpoint of epoch 3 (the pause hook) until the signal: the window is certain."""
     args = [sys.executable, "-m", "probprec.bench.cli", "run", "quadratic_deep", "--optimizer", "SGD",
-            "--epochs", "60", "--no-progress"]
+            "--epochs", "6", "--no-progress"]
     reference = subprocess.run([*args, "--output-dir", str(tmp_path / "ref")], capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr
-    out = tmp_path / "run"
+    out, markers = tmp_path / "run", tmp_path / "markers"
     process = subprocess.Popen([*args, "--output-dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    deadline = time.time() + 60
-    while not list(out.rglob(".checkpoint__*.pt")) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.01)
-    assert process.poll() is None, "the run finished before it could be interrupted"
+                               text=True, env=pause_env(3, markers))
+    wait_for(lambda: paused(markers), "the run waits after its checkpoint of epoch 3", process=process)
     os.kill(process.pid, sig)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=240)
     assert process.returncode == 130, err
     [path] = list(out.rglob("*.json"))
-    assert strict_load(path)["status"] == "interrupted"
+    interrupted = strict_load(path)
+    assert interrupted["status"] == "interrupted" and interrupted["epochs_completed"] == 3
+    assert f"{sig.name} during epoch 2; resumes from epoch 3" == interrupted["status_reason"]
     resumed = subprocess.run([*args, "--output-dir", str(out)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     [final] = list(out.rglob("*.json"))
     [ref_path] = list((tmp_path / "ref").rglob("*.json"))
     a, b = strict_load(final), strict_load(ref_path)
-    assert a["status"] == "completed" and a["metadata"]["resumed_at_epochs"]
+    assert final == path and a["status"] == "completed" and a["metadata"]["resumed_at_epochs"] == [3]
     for key in CURVES:
         assert a[key] == b[key]
 

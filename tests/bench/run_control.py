@@ -59,15 +59,20 @@ def pause_env(epoch: int, folder: Path) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
-def paused(folder: Path) -> dict[Path, str]:
-    """The markers of the runs waiting in ``folder``: marker -> the run's checkpoint path."""
+def paused(folder: Path, count: int | None = None) -> dict[Path, str]:
+    """The markers of the runs waiting in ``folder``: marker -> the run's checkpoint path.
+
+    Args:
+        folder: the markers' folder (:func:`pause_env`).
+        count: if given, the markers only when there are exactly this many (else an empty dict).
+    """
     found = {}
     for marker in folder.glob("*.paused"):
         try:
             found[marker] = marker.read_text().splitlines()[0]
         except (OSError, IndexError):  # released meanwhile
             continue
-    return found
+    return found if count is None or len(found) == count else {}
 
 
 def release(marker: Path) -> None:

@@ -8,10 +8,10 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from sweep_helpers import EXAMPLES, ROOT, per_run, results, sweep_main, write_sweep
+from run_control import locks_free, pause_env, paused, release, wait_for
+from sweep_helpers import EXAMPLES, per_run, results, sweep_main, write_sweep
 
 from probprec.bench.cli import _build_parser
 from probprec.bench.executors import emit_commands, hyperparameter_argument, prepare_runs, run_sweep
@@ -123,58 +123,59 @@ seeds = [1, 2, 3, 4]
 epochs = 8
 """
 
-KILL_SCRIPT = """
-import sys
-from probprec.bench.executors import run_sweep
-from probprec.bench.sweeps import load_sweep
-sys.exit(run_sweep(load_sweep(sys.argv[1], "s"), sys.argv[2], workers=2).exit_code)
-"""
-
 
 def _completed(out) -> int:
     return sum(record["status"] == "completed" for _, record in results(out)) if out.exists() else 0
 
 
-def _start_and_wait(path, out, completed: int) -> subprocess.Popen:
-    """The sweep in its own process group, once ``completed`` runs have a completed result."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-           "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(path), str(out)], cwd=path.parent, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while _completed(out) < completed:
-        assert process.poll() is None, process.communicate()[0]
-        assert time.monotonic() < deadline, "no results within 120 s"
-        time.sleep(0.05)
-    return process
+def _start(path, out, pause_at: int, markers) -> subprocess.Popen:
+    """The sweep (2 workers) in its own process group; its runs wait after the checkpoint of ``pause_at``."""
+    return subprocess.Popen([sys.executable, "-m", "probprec.bench.cli", "sweep", str(path), "--scale", "s",
+                             "--workers", "2", "--output-dir", str(out)], env=pause_env(pause_at, markers),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def test_a_killed_sweep_completes_on_restart_without_duplicates_or_losses(tmp_path):
-    """Acceptance 3: stopped with SIGTERM, restarted, killed with SIGKILL (with its workers), restarted."""
-    path = write_sweep(tmp_path / "k.toml", KILL_SWEEP)
-    out = tmp_path / "out"
-    process = _start_and_wait(path, out, 1)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode == 130, output
-    assert "interrupted:" in output and "the same command finishes them" in output
-    first = _completed(out)
+    """Acceptance 3: stopped with SIGTERM, restarted, killed with SIGKILL (with its workers), restarted.
 
-    process = _start_and_wait(path, out, first + 1)
-    assert f"8 runs ({first} already finished, {8 - first} to run)" in process.stdout.readline()
-    os.killpg(process.pid, signal.SIGKILL)
+    The runs wait after a checkpoint (the pause hook) until the test acts, so which runs are in progress, and
+    where, is certain: the test asserts it rather than hoping for it.
+    """
+    path = write_sweep(tmp_path / "k.toml", KILL_SWEEP)
+    out, first_markers, second_markers = tmp_path / "out", tmp_path / "m1", tmp_path / "m2"
+    process = _start(path, out, 4, first_markers)
+    waiting = wait_for(lambda: paused(first_markers, count=2),
+                       "both workers' runs wait at epoch 4", process=process)
+    release(sorted(waiting)[0])
+    stopped = wait_for(lambda: _completed(out) == 1 and paused(first_markers, count=2),
+                       "one run completed and the next one waits", process=process)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == 130, output
+    assert f"8 runs in {out}: 1 completed, 2 interrupted, 5 not run" in output
+    assert "interrupted: 7 runs left; the same command finishes them" in output
+    statuses = sorted((record["status"], record["epochs_completed"]) for _, record in results(out))
+    assert statuses == [("completed", 8), ("interrupted", 4), ("interrupted", 4)]
+
+    process = _start(path, out, 6, second_markers)
+    killed = wait_for(lambda: paused(second_markers, count=2),
+                      "the two interrupted runs resumed and wait at epoch 6", process=process)
+    assert process.stdout.readline().strip() == f"8 runs (1 already finished, 7 to run) -> {out}"
+    assert set(killed.values()) == set(stopped.values())  # the same two runs (their checkpoints)
+    os.killpg(process.pid, signal.SIGKILL)  # the sweep, its fork server and its workers
     process.communicate(timeout=60)
-    time.sleep(1.0)  # orphaned workers notice within 0.5 s and stop
+    wait_for(lambda: locks_free(out), "the killed workers are gone (their run locks are free)")
 
     lines: list[str] = []
     summary = run_sweep(load_sweep(path, "s"), out, workers=2, echo=lines.append)
     assert summary.exit_code == 0, summary.text
+    assert lines[0] == f"8 runs (1 already finished, 7 to run) -> {out}"
     found = per_run(out)
     assert len(found) == 8 and set(found.values()) == {1}, found  # no lost and no duplicated result
     assert {record["status"] for _, record in results(out)} == {"completed"}
-    assert not list(out.rglob(".checkpoint__*"))
-    resumed = [r for _, r in results(out) if r["metadata"]["resumed_at_epochs"]]
-    print(f"{len(resumed)} runs resumed from a checkpoint; {lines[0]}")
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # no checkpoint, no lock file left
+    resumed = sorted(record["metadata"]["resumed_at_epochs"] for _, record in results(out))
+    assert resumed == [[]] * 6 + [[4, 6]] * 2  # the two runs stopped twice resumed twice, from their checkpoints
 
 
 def test_emitted_commands_read_back_exactly(tmp_path):

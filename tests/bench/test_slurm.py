@@ -10,13 +10,15 @@ import importlib.util
 import shutil
 import subprocess
 import threading
-import time
 
 import pytest
+from run_control import paused, release, wait_for
 from sweep_helpers import per_run, results, write_sweep
 
 from probprec.bench.executors import SlurmOptions, run_sweep
+from probprec.bench.pause import PAUSE_DIR_VARIABLE, PAUSE_EPOCH_VARIABLE
 from probprec.bench.sweeps import load_sweep
+from probprec.bench.threads import threads_per_process
 
 pytestmark = pytest.mark.slurm
 
@@ -61,12 +63,8 @@ def _metrics(out) -> dict:
             for _, r in results(out)}
 
 
-def _close(a, b) -> bool:
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
-    if a is None or b is None:
-        return a is b
-    return abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b))
+def _threads(out) -> set[int]:
+    return {r["metadata"]["environment"]["torch_threads"] for _, r in results(out)}
 
 
 def _options(**overrides) -> SlurmOptions:
@@ -74,13 +72,15 @@ def _options(**overrides) -> SlurmOptions:
 
 
 def test_slurm_job_arrays_give_the_local_results(cluster, tmp_path):
+    """Like with like: the Slurm tasks get as many torch threads as each of the two local workers."""
     spec = load_sweep(write_sweep(tmp_path / "s.toml", SWEEP), "s")
-    local = run_sweep(spec, tmp_path / "local", workers=2, echo=lambda _: None)  # one torch thread per run
+    local = run_sweep(spec, tmp_path / "local", workers=2, echo=lambda _: None)
     assert local.counts == {"completed": 4}
 
     lines: list[str] = []
     out = tmp_path / "slurm"
-    summary = run_sweep(spec, out, executor="slurm", slurm=_options(), echo=lines.append)
+    options = _options(cpus_per_task=threads_per_process(2))
+    summary = run_sweep(spec, out, executor="slurm", slurm=options, echo=lines.append)
     assert summary.counts == {"completed": 4}, summary.text
     submitted = [line for line in lines if line.startswith("submitted 4 runs as Slurm job array")]
     assert submitted, lines
@@ -88,15 +88,11 @@ def test_slurm_job_arrays_give_the_local_results(cluster, tmp_path):
     assert sorted(p.name for p in (out / ".slurm").rglob(f"{array}_*_log.out")) == [
         f"{array}_{i}_0_log.out" for i in range(4)]  # one array task per run, with its log
     assert set(per_run(out).values()) == {1}
-
-    slurm_metrics, local_metrics = _metrics(out), _metrics(tmp_path / "local")
-    assert slurm_metrics.keys() == local_metrics.keys() and len(slurm_metrics) == 4
-    for key, values in local_metrics.items():
-        for name, value in values.items():
-            assert _close(slurm_metrics[key][name], value), (key, name)
+    assert _threads(out) == _threads(tmp_path / "local") == {threads_per_process(2)}
+    assert _metrics(out) == _metrics(tmp_path / "local")  # the same arithmetic gives the same numbers
 
     lines.clear()
-    again = run_sweep(spec, out, executor="slurm", slurm=_options(), echo=lines.append)
+    again = run_sweep(spec, out, executor="slurm", slurm=options, echo=lines.append)
     assert again.counts == {"skipped": 4} and lines[-1] == f"nothing to do: all 4 runs have results in {out}"
 
 
@@ -105,42 +101,53 @@ PREEMPT = """
 problems = ["digits_mlp"]
 optimizers = [{ name = "SGD" }]
 seeds = [42]
-epochs = 30
+epochs = 4
 """
 
 
-def _preempt_once(out, seen: list[str]) -> None:
-    """Send the task the signal Slurm sends before its time limit, once it has a checkpoint."""
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if list(out.rglob(".checkpoint__random_seed__42.pt")):
-            command = ["squeue", "--noheader", "--array", "--format=%i %t", "--name", f"probprec-{out.name}"]
-            jobs = subprocess.run(command, capture_output=True, text=True).stdout.split("\n")
-            running = [line.split()[0] for line in jobs if line.strip().endswith(" R")]
-            if running:
-                subprocess.run(["scancel", "--signal=USR2", running[0]], check=True)
-                seen.append(running[0])
-                return
-        time.sleep(0.2)
+def _preempt_when_paused(out, markers, seen: list[str]) -> None:
+    """Once the task waits after its checkpoint of epoch 2, send it the signal Slurm sends before its time limit.
+
+    Whatever happens, the waiting task is let go on (a failure shows as an empty ``seen``, not as a hang).
+    """
+    try:
+        wait_for(lambda: paused(markers), "the Slurm task waits after its checkpoint of epoch 2")
+        command = ["squeue", "--noheader", "--array", "--states=R", "--format=%i", "--name", f"probprec-{out.name}"]
+        [job] = subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        seen.append(job)
+    finally:
+        if not seen:
+            for marker in paused(markers):
+                release(marker)
 
 
-def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(cluster, tmp_path):
+def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(cluster, tmp_path, monkeypatch):
+    """The task is certainly running (it waits after a checkpoint) when preempted; compared with an uninterrupted
+    Slurm run under the same settings, so that only resumption can make a difference."""
     spec = load_sweep(write_sweep(tmp_path / "p.toml", PREEMPT), "s")
-    out = tmp_path / "preempted"
+    out, markers = tmp_path / "preempted", tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv(PAUSE_EPOCH_VARIABLE, "2")  # sbatch passes this process's environment to the task
+    monkeypatch.setenv(PAUSE_DIR_VARIABLE, str(markers))
     seen: list[str] = []
-    preempter = threading.Thread(target=_preempt_once, args=(out, seen), daemon=True)
+    preempter = threading.Thread(target=_preempt_when_paused, args=(out, markers, seen), daemon=True)
     preempter.start()
     summary = run_sweep(spec, out, executor="slurm", slurm=_options(), echo=lambda _: None)
-    preempter.join(timeout=5)
-    assert seen, "the task finished before it could be preempted"
+    preempter.join(timeout=60)
+    assert seen, "the task could not be preempted"
     assert summary.counts == {"completed": 1}, summary.text
     ((_, record),) = results(out)
-    assert record["metadata"]["resumed_at_epochs"], "the requeued task started again from scratch"
+    assert record["metadata"]["resumed_at_epochs"] == [2], "the requeued task did not resume from its checkpoint"
     logs = "".join(p.read_text() for p in (out / ".slurm").rglob("*_log.err"))
     assert "Requeued" in logs or "requeue" in logs.lower()
 
-    local = run_sweep(spec, tmp_path / "local", workers=2, echo=lambda _: None)
-    assert local.counts == {"completed": 1}
-    ((_, uninterrupted),) = results(tmp_path / "local")
+    monkeypatch.delenv(PAUSE_EPOCH_VARIABLE)
+    uninterrupted = run_sweep(spec, tmp_path / "uninterrupted", executor="slurm", slurm=_options(),
+                              echo=lambda _: None)
+    assert uninterrupted.counts == {"completed": 1}
+    ((_, reference),) = results(tmp_path / "uninterrupted")
+    assert reference["metadata"]["resumed_at_epochs"] == []
+    assert _threads(out) == _threads(tmp_path / "uninterrupted") == {1}
     for name in METRICS:
-        assert _close(record.get(name), uninterrupted.get(name)), name
+        assert record.get(name) == reference.get(name), name

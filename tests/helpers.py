@@ -100,3 +100,31 @@ def classification_batches(num: int, batch: int = 16, features: int = 6, classes
         y = (x @ W + 0.5 * torch.randn(batch, classes, generator=gen)).argmax(1)
         out.append((x.to(dtype), y))
     return out
+
+
+def assert_same_state(a, b, path="state_dict"):
+    """Deep equality of two state dicts (tensors bit for bit, NaN equal to NaN)."""
+    assert type(a) is type(b), f"{path}: {type(a).__name__} != {type(b).__name__}"
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{path}: keys {sorted(map(str, a))} != {sorted(map(str, b))}"
+        for key in a:
+            assert_same_state(a[key], b[key], f"{path}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{path}: length {len(a)} != {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    elif torch.is_tensor(a):
+        same_kind = a.dtype == b.dtype and a.shape == b.shape
+        assert same_kind, f"{path}: {a.dtype}{tuple(a.shape)} != {b.dtype}{tuple(b.shape)}"
+        assert torch.equal(a, b) or bool(((a == b) | (a.isnan() & b.isnan())).all()), f"{path}: values differ"
+    elif isinstance(a, float) and a != a:
+        assert b != b, f"{path}: NaN != {b}"
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def frozen_state(opt):
+    """A deep copy of ``opt.state_dict()`` (which, as in torch, refers to the live state)."""
+    import copy
+
+    return copy.deepcopy(opt.state_dict())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fractions
 import math
 import warnings
+from contextlib import nullcontext
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -148,15 +151,18 @@ def test_non_finite_hvp_never_reaches_the_estimate():
     theta = nn.Parameter(torch.randn(5))
     start = theta.detach().clone()
     opt = PreconditionedSGD([theta], prior_iterations=P, num_observations=K)
-    for _ in range(3):
+    for t in range(3):
         opt.zero_grad()
         _Square.apply(theta).backward(create_graph=opt.create_graph)
-        opt.step()
+        with pytest.warns(RuntimeWarning, match="3 consecutive cycles failed") if t == 2 else nullcontext():
+            opt.step()
         torch.testing.assert_close(theta.grad, theta.detach())  # the gradient itself is fine
     assert torch.equal(theta, start)
     log = opt.get_log()
-    assert log["step_sizes"] == [None] and log["phase"] == "prior"
-    assert all("non-finite" in e["message"] for e in log["events"]) and len(log["events"]) == 3
+    # three failed cycles: the optimizer backs off (it holds the parameters and retries later)
+    assert log["step_sizes"] == [None] and log["phase"] == "optimize"
+    assert [e["kind"] for e in log["events"]] == ["restart"] * 3 + ["fallback"]
+    assert all("non-finite" in e["message"] for e in log["events"])
 
 
 def test_negative_curvature_step_size_is_never_used():
@@ -200,3 +206,102 @@ def test_tuned_step_size_survives_a_failed_prior():
     opt = PreconditionedTunedSGD([theta], lr=0.1, prior_iterations=P, num_observations=K)
     train(opt, lambda: -0.5 * (theta**2).sum(), P + 1)
     assert opt.get_log()["learning_rates"] == [0.1]
+
+
+# ------------------------------------------------------------ numbers, types and devices
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(num_observations=np.int64(5)), dict(est_rank=np.int32(1)), dict(prior_iterations=np.uint8(3)),
+     dict(weight_decay=np.float32(0.01)), dict(lr=np.float64(0.1)), dict(noise_floor=np.float16(1e-3)),
+     dict(beta=fractions.Fraction(1, 2)), dict(restart_interval=np.int64(10)), dict(fixes=None)],
+    ids=lambda kw: f"{next(iter(kw))}={type(next(iter(kw.values()))).__name__}",
+)
+def test_numbers_that_are_numbers_are_accepted(kwargs):
+    opt = Preconditioner(params(), **kwargs)
+    (key, value), = kwargs.items()
+    if key in ("lr", "weight_decay"):
+        assert opt.param_groups[0][key] == pytest.approx(float(value)) and type(opt.param_groups[0][key]) is float
+    elif key != "fixes":
+        stored = getattr(opt, key)
+        assert stored == value and type(stored) in (int, float)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name,accepted",
+    [
+        (dict(num_observations=np.float64(5.0)), "num_observations", ">= 1"),
+        (dict(lr=torch.tensor(0.1)), "lr", "> 0"),
+        (dict(weight_decay=np.bool_(True)), "weight_decay", ">= 0"),
+        (dict(fixes=3), "fixes", "'all'"),
+        (dict(num_observations=10**6), "num_observations", "memory"),
+        (dict(optim_class=torch.optim.LBFGS), "optim_class", "closure"),
+        (dict(optim_class=PreconditionedSGD), "optim_class", "Preconditioner"),
+        (dict(lr=0.1, first_cycle_lr=0.2), "first_cycle_lr", "lr=None"),
+        (dict(inner_weight_decay=-0.5), "inner_weight_decay", ">= 0"),
+    ],
+)
+def test_more_invalid_arguments_raise_naming_them(kwargs, name, accepted):
+    with pytest.raises((ValueError, TypeError)) as info:
+        Preconditioner(params(), **kwargs)
+    message = str(info.value)
+    assert message.startswith(name) and accepted in message, message
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_parameters_are_refused(dtype):
+    with pytest.raises(TypeError, match=r"parameter 1 .*complex.*real"):
+        Preconditioner([nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2, dtype=dtype))])
+
+
+def test_meta_device_parameters_are_refused():
+    with torch.device("meta"):
+        model = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=r"parameter 0 is on the meta device.*to_empty"):
+        Preconditioner(model.parameters())
+
+
+# ------------------------------------------------------------ failures that used to stall silently
+
+
+@pytest.mark.parametrize(
+    "loss,reason",
+    [(lambda th: (th * torch.tensor([1.0, 3.0])).sum() + 0.0 * (th**2).sum(), "no usable step size"),
+     (lambda th: 0.0 * (th**2).sum(), "no usable step size"),
+     (lambda th: (th**2).sum() * math.nan, "non-finite")],
+    ids=["linear", "zero-gradient", "nan-loss"],
+)
+def test_repeated_failed_cycles_warn_once_and_stop_spending_minibatches(loss, reason):
+    theta = nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = PreconditionedSGD([theta], prior_iterations=P, num_observations=K)
+    steps = 200
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(opt, lambda: loss(theta), steps)
+    relevant = [w for w in caught if issubclass(w.category, RuntimeWarning) and "consecutive" in str(w.message)]
+    assert len(relevant) == 1, [str(w.message) for w in caught]
+    assert reason in str(relevant[0].message) and "lr=" in str(relevant[0].message)
+    log = opt.get_log()
+    # after 3 failed cycles it waits 2, 4, 8, ... minibatches between attempts: far fewer than one per P steps
+    assert log["hvp_count"] < steps / 4, log["hvp_count"]
+    assert any(e["kind"] == "fallback" and "consecutive" in e["message"] for e in log["events"])
+
+
+def test_a_later_success_resets_the_failure_count():
+    theta = nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = PreconditionedSGD([theta], prior_iterations=P, num_observations=K)
+    curvature = {"on": False}
+
+    def loss():
+        quadratic = 0.5 * (theta**2).sum() * (2.0 if curvature["on"] else 0.0)
+        return quadratic + (theta * torch.tensor([1.0, 3.0])).sum() * (0.0 if curvature["on"] else 1.0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(opt, loss, 40)
+        curvature["on"] = True
+        train(opt, loss, 200)
+    log = opt.get_log()
+    assert log["cycles_completed"] >= 1 and log["step_sizes"] == [pytest.approx(0.5)]
+    assert float(theta.abs().max()) < 1e-3, "once the curvature is there it trains"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,8 +18,20 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import _loss_scale
 from . import lowrank as _lowrank
-from ._precision import accumulation_dtype
+from ._checkpoint import Expected, check_state_dict
+from ._inner import INNER_WEIGHT_DECAY, InnerSpec
+from ._precision import accumulation_dtype, dot
+from ._validation import (
+    check_choice,
+    check_float,
+    check_inner_class,
+    check_int,
+    check_memory,
+    check_parameters,
+    group_list,
+)
 from .hvp import has_graph, hessian_vector_product
 from .posterior import (
     PosteriorSystem,
@@ -53,6 +66,9 @@ _MODES = ("default", "thesis")
 _POSTERIOR_QUIRKS = frozenset({"mixed_normalization", "inconsistent_prior_mean", "transposed_capacitance"})
 _MAX_EVENTS = 200
 _GROUP_TENSORS = ("curvature", "noise", "gram_ss", "gram_sy")  # per-group tensors in the state dict
+_RESERVED_KEYS = ("adaptive_lr", "step_size")  # group keys of the optimizer itself, not of the inner one
+_FAILURES_BEFORE_BACKOFF = 3  # consecutive failed cycles before the optimizer warns and backs off
+_MAX_BACKOFF = 1024  # at most this many minibatches between two attempts after repeated failures
 
 # Per-parameter state keys.
 _GRAD_SUM = "grad_sum"  # sum of the regularised prior gradients
@@ -67,24 +83,14 @@ _EIGVALS = "eigvals"  # (k',) their estimated curvatures, decreasing
 _FACTORS = "factors"  # (a,) c_j - 1 of the first a <= k' directions (the rescaled ones)
 
 
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _check_float(name: str, value: Any, *, positive: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
-        accepted = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number {accepted}, got {value!r}")
-    return float(value)
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
+def _first_tensor(groups: list[Any]) -> Tensor | None:
+    for item in groups:
+        params = item.get("params", []) if isinstance(item, dict) else [item]
+        for p in params:
+            p = p[1] if isinstance(p, tuple) else p
+            if isinstance(p, Tensor):
+                return p
+    return None
 
 
 class Preconditioner(Optimizer):
@@ -194,33 +200,73 @@ class Preconditioner(Optimizer):
         mode: str = "default",
         fixes: str | Iterable[str] = (),
         first_cycle_lr: float | None = None,
+        inner_weight_decay: float = 0.0,
         **optim_hyperparams: Any,
     ) -> None:
-        self.est_rank = _check_int("est_rank", est_rank, 1)
-        self.num_observations = _check_int("num_observations", num_observations, 1)
-        self.prior_iterations = _check_int("prior_iterations", prior_iterations, 1)
-        if est_rank > num_observations:
+        self.est_rank = check_int("est_rank", est_rank, 1)
+        self.num_observations = check_int("num_observations", num_observations, 1)
+        self.prior_iterations = check_int("prior_iterations", prior_iterations, 1)
+        if self.est_rank > self.num_observations:
             raise ValueError(
                 f"est_rank must be <= num_observations ({num_observations}), got {est_rank}"
             )
-        weight_decay = _check_float("weight_decay", weight_decay, positive=False)
+        weight_decay = check_float("weight_decay", weight_decay, positive=False)
+        inner_weight_decay = check_float("inner_weight_decay", inner_weight_decay, positive=False)
         if lr is not None:
-            lr = _check_float("lr", lr, positive=True)
+            lr = check_float("lr", lr, positive=True)
         if first_cycle_lr is not None:
-            first_cycle_lr = _check_float("first_cycle_lr", first_cycle_lr, positive=True)
-        if not (isinstance(optim_class, type) and issubclass(optim_class, Optimizer)):
-            raise TypeError(
-                f"optim_class must be a torch.optim.Optimizer subclass, got {optim_class!r}"
-            )
-        self.step_rule = _check_choice("step_rule", step_rule, _STEP_RULES)
-        self.beta = _check_float("beta", beta, positive=True)
-        self.extraction = _check_choice("extraction", extraction, _EXTRACTIONS)
-        self.observe = _check_choice("observe", observe, _OBSERVATIONS)
+            first_cycle_lr = check_float("first_cycle_lr", first_cycle_lr, positive=True)
+            if lr is not None:
+                raise ValueError(
+                    f"first_cycle_lr needs lr=None (an adaptive step size); with the fixed lr={lr} it would "
+                    f"never be used, got first_cycle_lr={first_cycle_lr}"
+                )
+        self.optim_class = check_inner_class(optim_class, Preconditioner)
+        self._configure(step_rule, beta, extraction, observe, orthogonalize, noise_floor, restart_interval,
+                        build_preconditioner, apply_preconditioner, lr)
+        self._configure_mode(mode, fixes)
+        for reserved in _RESERVED_KEYS:
+            if reserved in optim_hyperparams:
+                raise ValueError(f"{reserved} is not a hyperparameter of the inner optimizer")
+        groups = list(params)
+        if groups and isinstance(groups[0], dict):
+            groups = [{**g, "params": group_list(g.get("params", ()))} for g in groups]
+        self._inner_spec, inner_defaults = InnerSpec.probe(self.optim_class, optim_hyperparams,
+                                                           _first_tensor(groups))
+        self._inner: Optimizer | None = None
+        self._plan: list[list[tuple[Tensor, Tensor | None, Tensor | None]]] | None = None
+        self._cycle: dict[str, Any] = {"failures": 0}
+        self._groups_state: list[dict[str, Any]] = []
+        self._log: dict[str, Any] = {"events": [], "hvp_count": 0, "cycles_completed": 0}
+        self._warned: set[str] = set()
+        defaults = {
+            "lr": 1.0 if lr is None else lr,
+            "adaptive_lr": lr is None,
+            "first_cycle_lr": first_cycle_lr,
+            "weight_decay": weight_decay,
+            INNER_WEIGHT_DECAY: inner_weight_decay,
+            "step_size": None,
+            **inner_defaults,
+        }
+        super().__init__(groups, defaults)
+        check_memory(self._all_params(), self.num_observations, self.est_rank)
+        spec = self._inner_spec
+        self._inner = self.optim_class([spec.inner_group(g) for g in self.param_groups],
+                                       **{k: v for k, v in optim_hyperparams.items() if k in spec.keys})
+        self._begin_cycle()
+
+    def _configure(self, step_rule: str, beta: float, extraction: str, observe: str, orthogonalize: bool,
+                   noise_floor: float, restart_interval: int | None, build_preconditioner: bool,
+                   apply_preconditioner: bool, lr: float | None) -> None:
+        """Validate and set the options that are the same for every parameter group."""
+        self.step_rule = check_choice("step_rule", step_rule, _STEP_RULES)
+        self.beta = check_float("beta", beta, positive=True)
+        self.extraction = check_choice("extraction", extraction, _EXTRACTIONS)
+        self.observe = check_choice("observe", observe, _OBSERVATIONS)
         self.orthogonalize = bool(orthogonalize)
-        self.noise_floor = _check_float("noise_floor", noise_floor, positive=True)
-        if restart_interval is not None:
-            _check_int("restart_interval", restart_interval, 1)
-        self.restart_interval = restart_interval
+        self.noise_floor = check_float("noise_floor", noise_floor, positive=True)
+        self.restart_interval = (None if restart_interval is None
+                                 else check_int("restart_interval", restart_interval, 1))
         if step_rule == "paper" and lr is None:
             raise ValueError("lr must be a number > 0 with step_rule='paper' (its step size eta), got None")
         if apply_preconditioner and not build_preconditioner:
@@ -229,67 +275,77 @@ class Preconditioner(Optimizer):
             )
         self.build_preconditioner = bool(build_preconditioner)
         self.apply_preconditioner = bool(apply_preconditioner)
-        self.mode = _check_choice("mode", mode, _MODES)
+
+    def _configure_mode(self, mode: str, fixes: Any) -> None:
+        """Validate ``mode`` and ``fixes`` and set the quirks of the 2019 arithmetic that stay on."""
+        self.mode = check_choice("mode", mode, _MODES)
+        if fixes is None:
+            fixes = ()
+        if not (isinstance(fixes, str) or isinstance(fixes, Iterable)):
+            raise ValueError(f"fixes must be 'all' or an iterable of fix names ({', '.join(FIXES)}), got {fixes!r}")
+        fixes = fixes if isinstance(fixes, str) else tuple(fixes)
         if mode == "default":
-            if fixes not in ((), "all") and list(fixes):
+            if fixes not in ((), "all"):
                 raise ValueError(f"fixes apply to mode='thesis' only, got fixes={fixes!r} with mode='default'")
             self._quirks: frozenset[str] = frozenset()
         else:
-            self._quirks = quirks_for(fixes if isinstance(fixes, str) else tuple(fixes))
+            self._quirks = quirks_for(fixes)
         self.fixes = tuple(sorted(f for f, quirk in FIXES.items() if quirk not in self._quirks))
         if "same_batch_observations" in self._quirks:
             self.observe = "same"
         if "unorthogonalized_directions" in self._quirks:
             self.orthogonalize = False
-        for reserved in ("adaptive_lr", "step_size", "first_cycle_lr"):
-            if reserved in optim_hyperparams:
-                raise ValueError(f"{reserved} is not a hyperparameter of the inner optimizer")
-        self.optim_class = optim_class
-        self._inner_keys = tuple(optim_hyperparams)
-        self._inner: Optimizer | None = None
-        self._plan: list[list[tuple[Tensor, Tensor | None, Tensor | None]]] | None = None
-        self._cycle: dict[str, Any] = {}
-        self._groups_state: list[dict[str, Any]] = []
-        self._log: dict[str, Any] = {"events": [], "hvp_count": 0, "cycles_completed": 0}
-        defaults = {
-            "lr": 1.0 if lr is None else lr,
-            "adaptive_lr": lr is None,
-            "first_cycle_lr": first_cycle_lr,
-            "weight_decay": weight_decay,
-            "step_size": None,
-            **optim_hyperparams,
-        }
-        super().__init__(params, defaults)
-        inner_groups = [self._inner_group(g) for g in self.param_groups]
-        self._inner = optim_class(inner_groups, **optim_hyperparams)
-        self.start_estimate()
 
     # ------------------------------------------------------------------ groups
 
-    def _inner_group(self, group: dict[str, Any]) -> dict[str, Any]:
-        inner = {key: group[key] for key in self._inner_keys}
-        inner["params"] = group["params"]
-        inner["lr"] = 1.0
-        return inner
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group (``torch.optim`` semantics).
+        """Add a parameter group (``torch.optim`` semantics); a rejected group changes nothing.
 
         The new group takes part from the next cycle on (:meth:`start_estimate`);
         until its first estimate its parameters are not updated, unless it has a
         fixed ``lr`` and the optimizer is past estimating.
+
+        Raises:
+            ValueError, TypeError: for a value out of its range (named), a parameter the optimizer
+                cannot estimate (complex, on the meta device), or one already in another group.
         """
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        if group.get("adaptive_lr"):
-            _check_float("lr (a multiplier of the adaptive step size)", group["lr"], positive=True)
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise TypeError(f"param_group must be a dict with a 'params' entry, got {param_group!r}")
+        group = {**param_group, "params": group_list(param_group["params"])}
+        index = len(self.param_groups)
+        self._check_group(group, index)
+        before = len(self.param_groups)
+        super().add_param_group(group)
+        try:
+            self._groups_state.append({**self._fresh_group_state(active=False), "prior": None, "gain": 1.0})
+            self._plan = None
+            if self._inner is not None:
+                check_memory(self._all_params(), self.num_observations, self.est_rank)
+                self._inner.add_param_group(self._inner_spec.inner_group(self.param_groups[-1]))
+        except BaseException:
+            del self.param_groups[before:]
+            del self._groups_state[before:]
+            raise
+
+    def _check_group(self, group: dict[str, Any], index: int) -> None:
+        """Validate a new group's values (defaults filled in) before anything is changed."""
+        tensors = [p[1] if isinstance(p, tuple) else p for p in group["params"]]
+        check_parameters(tensors, first_index=sum(len(g["params"]) for g in self.param_groups))
+        explicit = {k: v for k, v in group.items() if k != "params"}
+        filled = {**self.defaults, **group, "params": tensors}
+        for reserved in _RESERVED_KEYS:
+            if reserved in explicit:
+                raise ValueError(f"param_groups[{index}]: {reserved} is set by the optimizer, not by a group")
+        label = f"param_groups[{index}]"
+        if filled["adaptive_lr"]:
+            check_float(f"{label}['lr'] (a multiplier of the adaptive step size)", filled["lr"], positive=True)
         else:
-            _check_float("lr", group["lr"], positive=True)
-        _check_float("weight_decay", group["weight_decay"], positive=False)
-        self._groups_state.append({**self._fresh_group_state(active=False), "prior": None, "gain": 1.0})
-        self._plan = None
-        if self._inner is not None:
-            self._inner.add_param_group(self._inner_group(group))
+            check_float(f"{label}['lr']", filled["lr"], positive=True)
+        for key in ("weight_decay", INNER_WEIGHT_DECAY):
+            check_float(f"{label}[{key!r}]", filled[key], positive=False)
+        spec = self._inner_spec
+        inner_explicit = {k: v for k, v in explicit.items() if k in spec.keys or k == INNER_WEIGHT_DECAY}
+        spec.check_group(filled, inner_explicit, f"{label}: ")
 
     @staticmethod
     def _fresh_group_state(active: bool) -> dict[str, Any]:
@@ -317,7 +373,29 @@ class Preconditioner(Optimizer):
         The previous preconditioner is discarded; the step size of the previous
         cycle is kept only as a fallback. The parameters do not move until the
         cycle's estimate is complete.
+
+        A request that arrives while a cycle is still estimating (an epoch shorter than the
+        ``P + K - 1`` minibatches of a cycle, say) is already satisfied: the parameters have not
+        moved since that cycle began, so it is an estimate at the current parameters. It goes on
+        (a ``RuntimeWarning`` once per optimizer, a ``restart_skipped`` event each time), rather
+        than restarting and never finishing. A group added since the cycle began restarts it.
         """
+        phase, step = self._cycle["phase"], self._cycle["step"]
+        in_progress = phase == "posterior" or (phase == "prior" and step > 0)
+        if in_progress and all(gs["active"] for gs in self._groups_state):
+            cycle_length = self.prior_iterations + self.num_observations - 1
+            done = step if phase == "prior" else self.prior_iterations + step
+            message = (f"start_estimate() was called while the current cycle is still estimating (minibatch "
+                       f"{done + 1} of {cycle_length}); it continues, because it already estimates at the "
+                       f"current parameters")
+            self._event("restart_skipped", message)
+            self._warn_once("restart_skipped", f"{message}. Re-estimate less often than every {cycle_length} "
+                                               "minibatches to avoid this.")
+            return
+        self._begin_cycle()
+
+    def _begin_cycle(self) -> None:
+        """Discard the cycle's buffers and the preconditioner; start gathering the prior."""
         for p in self._all_params():
             state = self.state[p]
             for key in (_GRAD_SUM, _PROBE, _PROBE_HVP, _PROBE_SUM, _HVP_SUM, _DIRECTIONS, _OBSERVATIONS_KEY,
@@ -327,7 +405,12 @@ class Preconditioner(Optimizer):
             gs.update(self._fresh_group_state(active=True))
         self._plan = None
         self._cycle = {"phase": "prior", "step": 0, "index": self._cycle.get("index", -1) + 1,
-                       "observed": 0, "optimize_steps": 0}
+                       "observed": 0, "optimize_steps": 0, "failures": self._cycle.get("failures", 0)}
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def maybe_start_estimate(self) -> bool:
         """Start a new cycle if ``restart_interval`` optimization steps have passed; return whether it did.
@@ -337,7 +420,7 @@ class Preconditioner(Optimizer):
         interval = self.restart_interval
         if interval is None or self.phase != "optimize" or self._cycle["optimize_steps"] < interval:
             return False
-        self.start_estimate()
+        self._begin_cycle()
         self._event("restart", f"restart_interval of {interval} optimization steps reached")
         return True
 
@@ -424,11 +507,21 @@ class Preconditioner(Optimizer):
 
     # ------------------------------------------------------------ state dict
 
+    def _config(self) -> dict[str, Any]:
+        """The options that give the state its shape and meaning (saved, and compared on loading)."""
+        cls = self.optim_class
+        return {"est_rank": self.est_rank, "num_observations": self.num_observations,
+                "prior_iterations": self.prior_iterations, "optim_class": f"{cls.__module__}.{cls.__qualname__}",
+                "mode": self.mode, "fixes": list(self.fixes), "step_rule": self.step_rule,
+                "extraction": self.extraction, "observe": self.observe, "orthogonalize": self.orthogonalize,
+                "build_preconditioner": self.build_preconditioner, "apply_preconditioner": self.apply_preconditioner}
+
     def state_dict(self) -> dict[str, Any]:
         """The ``torch.optim`` state dict plus the phase machine and the inner optimizer's state.
 
         Everything is tensors and plain Python values, so it survives
-        ``torch.save`` / ``torch.load(weights_only=True)``.
+        ``torch.save`` / ``torch.load(weights_only=True)``. It records the configuration and the
+        parameters' shapes, which :meth:`load_state_dict` checks.
         """
         sd = super().state_dict()
         groups_state = []
@@ -443,38 +536,54 @@ class Preconditioner(Optimizer):
             "cycle": dict(self._cycle),
             "groups": groups_state,
             "log": copy.deepcopy(self._log),
+            "config": self._config(),
+            "shapes": [list(p.shape) for p in self._all_params()],
         }
         assert self._inner is not None
         sd["inner"] = self._inner.state_dict()
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict from :meth:`state_dict`; training continues exactly where it was saved."""
+        """Load a state dict from :meth:`state_dict`; training continues exactly where it was saved.
+
+        Raises:
+            ValueError: if the state dict is not one of this optimizer's (another model's shapes,
+                another configuration, another optimizer, a damaged file); nothing is changed then.
+        """
+        expected = Expected(self._config(), [len(g["params"]) for g in self.param_groups],
+                            [tuple(p.shape) for p in self._all_params()], _PHASES)
+        check_state_dict(state_dict, expected)
+        backup = self.state_dict()
+        try:
+            self._load(state_dict)
+        except BaseException:
+            self._load(backup)
+            raise
+
+    def _load(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
-        extra = state_dict.pop("probprec", None)
-        inner = state_dict.pop("inner", None)
+        extra = state_dict.pop("probprec")
+        inner = state_dict.pop("inner")
         super().load_state_dict(state_dict)
         self._plan = None
-        if extra is not None:
-            self._cycle = dict(extra["cycle"])
-            self._groups_state = []
-            for group, gs in zip(self.param_groups, extra["groups"], strict=True):
-                gs = dict(gs)
-                device = group["params"][0].device if group["params"] else None
-                for key in _GROUP_TENSORS:
-                    if gs.get(key) is not None and device is not None:
-                        gs[key] = gs[key].to(device)
-                self._groups_state.append(gs)
-            self._log = copy.deepcopy(extra["log"])
+        self._cycle = {"failures": 0, **extra["cycle"]}
+        self._groups_state = []
+        for group, gs in zip(self.param_groups, extra["groups"], strict=True):
+            gs = dict(gs)
+            device = group["params"][0].device if group["params"] else None
+            for key in _GROUP_TENSORS:
+                if gs.get(key) is not None and device is not None:
+                    gs[key] = gs[key].to(device)
+            self._groups_state.append(gs)
+        self._log = copy.deepcopy(extra["log"])
         assert self._inner is not None
-        if inner is not None:
-            self._inner.load_state_dict(inner)
+        self._inner.load_state_dict(inner)
 
     _OWN_ATTRIBUTES = (
         "est_rank", "num_observations", "prior_iterations", "step_rule", "beta", "extraction",
         "observe", "orthogonalize", "noise_floor", "restart_interval", "build_preconditioner",
-        "apply_preconditioner", "mode", "fixes", "_quirks", "optim_class", "_inner_keys", "_inner", "_plan", "_cycle",
-        "_groups_state", "_log",
+        "apply_preconditioner", "mode", "fixes", "_quirks", "optim_class", "_inner_spec", "_inner", "_plan",
+        "_cycle", "_groups_state", "_log", "_warned",
     )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -484,26 +593,52 @@ class Preconditioner(Optimizer):
 
     # ------------------------------------------------------------------- step
 
+    _step_supports_amp_scaling = True  # GradScaler hands over grad_scale and found_inf (probprec._loss_scale)
+    _graph_scale = 1.0  # during an estimation step: the loss scale its Hessian-vector products divide out
+
     @torch.no_grad()
     def _optimize_no_grad(self) -> None:
         self._optimize()
 
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], float] | None = None, *, loss_scale: float | None = None
+    ) -> float | None:
         """One step of the phase machine; returns the closure's loss.
 
         The closure, if given, must compute the loss and call
-        ``loss.backward(create_graph=optimizer.create_graph)``.
+        ``loss.backward(create_graph=optimizer.create_graph)``. Any error leaves the optimizer
+        as it was before the call.
+
+        Args:
+            closure: recomputes the loss and the gradients (optional).
+            loss_scale: the factor by which the loss was multiplied before ``backward`` when
+                ``p.grad`` already holds the unscaled gradient: ``scaler.step(optimizer,
+                loss_scale=scaler.get_scale())`` after ``scaler.unscale_(optimizer)``, or a loop
+                that scales by hand (:mod:`probprec._loss_scale`). ``scaler.step(optimizer)``
+                alone needs none.
         """
+        if loss_scale is not None:
+            loss_scale = check_float("loss_scale", loss_scale, positive=True)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         try:
-            self._check_sparse()
-            if self.phase == "optimize":
-                self._optimize_no_grad()
-            else:
-                self._estimate(loss)
+            self._check_step()
+            scale = _loss_scale.resolve(self, loss_scale)
+            if scale.graph is None and self.create_graph and not scale.skip:
+                raise RuntimeError(
+                    "the gradients were unscaled before step() (scaler.unscale_), but the graph the curvature "
+                    "comes from is still scaled: pass the scale, scaler.step(optimizer, "
+                    "loss_scale=scaler.get_scale())"
+                )
+            if scale.values is not None:
+                _loss_scale.unscale_([p.grad for p in self._all_params()], scale.values)
+            if not scale.skip:  # a step the scaler skips (inf or NaN gradients) changes nothing
+                if self.phase == "optimize":
+                    self._optimize_no_grad()
+                else:
+                    self._estimate(loss, 1.0 if scale.graph is None else scale.graph)
         finally:
             self._release_graphs()
             for p, h in self.__dict__.pop("_pollution", []):
@@ -516,10 +651,14 @@ class Preconditioner(Optimizer):
     def _all_params(self) -> list[Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
 
-    def _check_sparse(self) -> None:
-        for p in self._all_params():
-            if p.grad is not None and p.grad.is_sparse:
-                raise RuntimeError("Preconditioner does not support sparse gradients")
+    def _check_step(self) -> None:
+        """Refuse sparse gradients and group values a scheduler or the user set out of range."""
+        for i, group in enumerate(self.param_groups):
+            for key in ("lr", "weight_decay", INNER_WEIGHT_DECAY):
+                check_float(f"param_groups[{i}][{key!r}]", group[key], positive=False)
+            for p in group["params"]:
+                if p.grad is not None and p.grad.is_sparse:
+                    raise RuntimeError("Preconditioner does not support sparse gradients")
 
     def _release_graphs(self) -> None:
         for p in self._all_params():
@@ -559,6 +698,7 @@ class Preconditioner(Optimizer):
         return out
 
     def _hvp(self, params: list[Tensor], vectors: list[Tensor]) -> list[Tensor]:
+        """Hessian-vector products of this minibatch, in the units of the unscaled loss."""
         grads = [p.grad for p in params]
         if not any(has_graph(g) for g in grads):
             raise RuntimeError(
@@ -567,9 +707,12 @@ class Preconditioner(Optimizer):
                 "loss.backward(create_graph=optimizer.create_graph) before optimizer.step() "
                 "(if it was called so, the loss is linear in the parameters: there is no curvature)"
             )
-        self._log["hvp_count"] += 1
         views = [v.view_as(p) for p, v in zip(params, vectors, strict=True)]
         hvps = [h.reshape(-1) for h in hessian_vector_product(params, grads, views)]
+        if self._graph_scale != 1.0:
+            for h in hvps:
+                h.div_(self._graph_scale)
+        self._log["hvp_count"] += 1
         if "polluted_gradient" in self._quirks:  # the reference leaves g + Hv in p.grad (added in step())
             self._pollution = [(p, h.clone()) for p, h in zip(params, hvps, strict=True)]
         return hvps
@@ -583,14 +726,69 @@ class Preconditioner(Optimizer):
         return None
 
     def _restart_after(self, reason: str) -> None:
-        self._event("restart", f"{reason} during the {self.phase} phase; cycle restarted")
-        self.start_estimate()
+        """Restart the cycle; after repeated failures, warn once and wait longer before each attempt.
 
-    def _estimate(self, loss: Any) -> None:
-        if self.phase == "prior":
-            self._prior_step(loss)
-        else:
-            self._posterior_step(loss)
+        After ``_FAILURES_BEFORE_BACKOFF`` consecutive failed cycles (a loss without usable
+        curvature: linear, constant, or non-finite at every attempt) the optimizer stops spending
+        every minibatch on Hessian-vector products: it optimizes with what it has (groups without a
+        step size are held, a ``first_cycle_lr`` or fixed ``lr`` is used) and retries after 2, 4,
+        8, ... (at most ``_MAX_BACKOFF``) minibatches.
+        """
+        failures = self._cycle.get("failures", 0) + 1
+        self._event("restart", f"{reason} during the {self.phase} phase; cycle restarted")
+        self._begin_cycle()
+        self._cycle["failures"] = failures
+        if failures < _FAILURES_BEFORE_BACKOFF:
+            return
+        wait = min(2 ** (failures - _FAILURES_BEFORE_BACKOFF + 1), _MAX_BACKOFF)
+        self._cycle.update(phase="optimize", retry_after=wait)
+        message = (f"{failures} consecutive cycles failed (the last: {reason}); the estimate is retried after "
+                   f"{wait} minibatches, and groups without a step size are held until then")
+        self._event("fallback", message)
+        self._warn_once("failures", f"Preconditioner: {message}. A loss without usable curvature along its "
+                                    "gradients (linear or constant) needs a learning rate: lr=... (fixed) or "
+                                    "first_cycle_lr=...")
+
+    def _estimate(self, loss: Any, graph_scale: float) -> None:
+        """One estimation step; if it raises, the optimizer is restored to what it was before."""
+        snapshot = self._snapshot()
+        self._graph_scale = graph_scale
+        try:
+            if self.phase == "prior":
+                self._prior_step(loss)
+            else:
+                self._posterior_step(loss)
+        except BaseException:
+            self._restore(snapshot)
+            raise
+        finally:
+            self._graph_scale = 1.0
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        """What an estimation step changes, so that :meth:`_restore` can undo it.
+
+        The step changes no tensor it did not create before its last point of failure (the
+        Hessian-vector product), so references suffice, except for the small Gram matrices.
+        """
+        groups = [{k: (v.clone() if k in ("gram_ss", "gram_sy") and v is not None else v) for k, v in gs.items()}
+                  for gs in self._groups_state]
+        states = {p: {k: (list(v) if isinstance(v, list) else v) for k, v in self.state[p].items()}
+                  for p in self._all_params() if p in self.state}
+        log = {k: (list(v) if k == "events" else v) for k, v in self._log.items()}
+        step_sizes = [g["step_size"] for g in self.param_groups]
+        return dict(self._cycle), log, groups, states, step_sizes, self._plan
+
+    def _restore(self, snapshot: tuple[Any, ...]) -> None:
+        cycle, log, groups, states, step_sizes, plan = snapshot
+        self._cycle, self._log, self._groups_state, self._plan = cycle, log, groups, plan
+        for group, step_size in zip(self.param_groups, step_sizes, strict=True):
+            group["step_size"] = step_size
+        for p in self._all_params():
+            if p in states:
+                self.state[p] = states[p]
+            else:
+                self.state.pop(p, None)
+        self.__dict__.pop("_pollution", None)
 
     # -- prior
     #
@@ -621,19 +819,27 @@ class Preconditioner(Optimizer):
         if not params:
             raise RuntimeError("Preconditioner.step() found no parameter with a gradient")
         probes: list[Tensor] = []
+        gradients: list[Tensor] = []
         for _, group, ps in participants:
             for p in ps:
                 state = self.state[p]
                 v = self._regularised_grad(p, group["weight_decay"])
-                if t < final_start:
-                    state[_GRAD_SUM] = v.clone() if _GRAD_SUM not in state else state[_GRAD_SUM].add_(v)
+                gradients.append(v)
                 if t == final_start:
-                    grad_sum = state.pop(_GRAD_SUM, None)
-                    state[_PROBE] = v.clone() if grad_sum is None else grad_sum.div_(final_start)
+                    grad_sum = state.get(_GRAD_SUM)
+                    probes.append(v.clone() if grad_sum is None else grad_sum / final_start)
                 elif first_of_pair or _PROBE not in state:
-                    state[_PROBE] = v.clone()
-                probes.append(state[_PROBE])
+                    probes.append(v.clone())
+                else:
+                    probes.append(state[_PROBE])
         hvps = self._hvp(params, probes)
+        for p, v, probe in zip(params, gradients, probes, strict=True):  # past the HVP: commit
+            state = self.state[p]
+            if t < final_start:
+                state[_GRAD_SUM] = v.clone() if _GRAD_SUM not in state else state[_GRAD_SUM].add_(v)
+            elif t == final_start:
+                state.pop(_GRAD_SUM, None)
+            state[_PROBE] = probe
         checks = []
         offset = 0
         for i, group, ps in participants:
@@ -695,7 +901,7 @@ class Preconditioner(Optimizer):
             noise_t, measured = est.noise, est.noise_measured
             if "probe_noise" in self._quirks:
                 sums = [self.state[p][_PROBE_SUM] for p in group["params"] if _PROBE_SUM in self.state[p]]
-                sq_of_sum = torch.stack([torch.dot(v, v).to(gs["curvature"]) for v in sums]).sum()
+                sq_of_sum = torch.stack([dot(v, v).to(gs["curvature"]) for v in sums]).sum()
                 noise_t, measured = reference_noise(gs["curvature"][2], sq_of_sum, self.prior_iterations), True
             alpha, mean, width, noise = torch.stack((est.step_size, est.mean, est.width, noise_t)).tolist()
             gs["prior"] = {"step_size": alpha, "mean": mean, "width": width, "noise": noise,
@@ -789,7 +995,7 @@ class Preconditioner(Optimizer):
             else:  # the prior's buffers become the first row of S and of Y
                 s0, y0 = probe.mul_(scale), hvp.mul_(scale)
             state[_DIRECTIONS], state[_OBSERVATIONS_KEY] = [s0], [y0]
-            entries.append(torch.stack((torch.dot(s0, s0), torch.dot(s0, y0))).to(device, small))
+            entries.append(torch.stack((dot(s0, s0), dot(s0, y0))).to(device, small))
         entries_t = torch.stack(entries)
         gs["gram_ss"][:, 0, 0] = entries_t[:, 0]
         gs["gram_sy"][:, 0, 0] = entries_t[:, 1]
@@ -890,12 +1096,13 @@ class Preconditioner(Optimizer):
                                           (coef.observations[t], coef.directions[t]))
                     if self.orthogonalize and not projected:  # thesis posterior: project numerically
                         S_rows = state[_DIRECTIONS][:j]
-                        sq = torch.stack([torch.dot(r, r) for r in S_rows])
-                        before = torch.linalg.vector_norm(s)
+                        sq = torch.stack([dot(r, r) for r in S_rows])
+                        before = torch.linalg.vector_norm(s, dtype=small.dtype) ** 2
                         add_rows(s, S_rows, -row_dots(S_rows, s) / torch.where(sq > 0, sq, torch.ones_like(sq)))
-                        coef.projected_sqnorm[t] = (before**2 - torch.linalg.vector_norm(s) ** 2).clamp_min(0)
+                        after = torch.linalg.vector_norm(s, dtype=small.dtype) ** 2
+                        coef.projected_sqnorm[t] = (before - after).clamp_min(0)
                 directions.append(s)
-                norms.append(torch.linalg.vector_norm(s))
+                norms.append(torch.linalg.vector_norm(s, dtype=small.dtype))
             norm = torch.stack([x.to(small) for x in norms])
             if self.orthogonalize:
                 scale = direction_scale(norm, coef.projected_sqnorm)
@@ -1015,7 +1222,7 @@ class Preconditioner(Optimizer):
         self._plan = None
         if "inner_rebuilt" in self._quirks:  # the reference builds a new inner optimizer: its state resets
             self._inner.state.clear()  # type: ignore[union-attr]
-        self._cycle.update(phase="optimize", step=0, optimize_steps=0)
+        self._cycle.update(phase="optimize", step=0, optimize_steps=0, failures=0)
         self._optimize_no_grad()
 
     # -- optimization
@@ -1049,8 +1256,7 @@ class Preconditioner(Optimizer):
             for index, (group, inner_group, entries) in enumerate(
                 zip(self.param_groups, inner.param_groups, self._apply_plan(), strict=True)
             ):
-                for key in self._inner_keys:
-                    inner_group[key] = group[key]
+                self._inner_spec.copy_values(group, inner_group)
                 lr = self._effective_lr(index)
                 if lr is None:  # no step size yet: hold the group
                     inner_group["lr"] = 0.0
@@ -1062,7 +1268,7 @@ class Preconditioner(Optimizer):
                 inner_group["lr"] = lr
                 wd = group["weight_decay"]
                 if "unregularized_directions" in self._quirks:  # the inner optimizer adds the decay
-                    inner_group["weight_decay"], wd = wd, 0.0
+                    inner_group["weight_decay"], wd = inner_group.get("weight_decay", 0.0) + wd, 0.0
                 for p, U, factors in entries:
                     g = p.grad
                     if g is None:
@@ -1083,3 +1289,5 @@ class Preconditioner(Optimizer):
                 if not (polluted and p.grad is not None):
                     p.grad = g
         self._cycle["optimize_steps"] += 1
+        if self._cycle["optimize_steps"] >= self._cycle.get("retry_after", math.inf):
+            self._begin_cycle()  # the wait after repeated failures is over: try again

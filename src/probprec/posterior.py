@@ -55,7 +55,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._precision import accumulation_dtype
+from ._precision import accumulation_dtype, dot
 
 Rows = Sequence[Tensor]
 
@@ -118,10 +118,10 @@ def posterior_system(
 
 
 def row_dots(rows: Rows, x: Tensor) -> Tensor:
-    r""":math:`S x` for rows :math:`s_i`: the vector of :math:`s_i^\top x` (``x``'s dtype)."""
+    r""":math:`S x` for rows :math:`s_i`: the vector of :math:`s_i^\top x`, formed in the accumulation dtype."""
     if len(rows) == 0:
-        return x.new_zeros(0)
-    return torch.stack([torch.dot(r, x) for r in rows])
+        return x.new_zeros(0, dtype=accumulation_dtype(x.device))
+    return torch.stack([dot(r, x) for r in rows])
 
 
 def add_rows(out: Tensor, rows: Rows, coefficients: Tensor) -> Tensor:

@@ -49,7 +49,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._precision import accumulation_dtype
+from ._precision import accumulation_dtype, dot
 
 __all__ = ["PriorEstimate", "curvature_sums", "estimate_prior", "noise_sums"]
 
@@ -77,7 +77,8 @@ def curvature_sums(probes: Sequence[Tensor], hvps: Sequence[Tensor]) -> Tensor:
         hvps: :math:`h_p = (B v)_p` of each tensor.
 
     Returns:
-        A 3-vector in the accumulation dtype (float64), on the probes' device.
+        A 3-vector in the accumulation dtype (float64), on the probes' device; every product is formed
+        in that dtype (:func:`probprec._precision.dot`), so no scale of the loss overflows it.
 
     Example:
         >>> v = [torch.tensor([1.0, 2.0])]
@@ -87,15 +88,14 @@ def curvature_sums(probes: Sequence[Tensor], hvps: Sequence[Tensor]) -> Tensor:
     rows = []
     for v, h in zip(probes, hvps, strict=True):
         v, h = v.reshape(-1), h.reshape(-1)
-        rows.append(torch.stack((torch.dot(v, h), torch.dot(h, h), torch.dot(v, v))))
+        rows.append(torch.stack((dot(v, h), dot(h, h), dot(v, v))))
     return _sum_rows(rows)
 
 
 def _sum_rows(rows: list[Tensor]) -> Tensor:
-    """Sum per-tensor rows in the accumulation dtype, on the first row's device (one cast for all)."""
-    first = rows[0]
-    stacked = torch.stack([r.to(first.device, first.dtype) for r in rows])
-    return stacked.to(accumulation_dtype(first.device)).sum(0)
+    """Sum per-tensor rows (already in the accumulation dtype) on the first row's device."""
+    device = rows[0].device
+    return torch.stack([r.to(device, accumulation_dtype(device)) for r in rows]).sum(0)
 
 
 def noise_sums(probes: Sequence[Tensor], differences: Sequence[Tensor]) -> Tensor:
@@ -112,7 +112,7 @@ def noise_sums(probes: Sequence[Tensor], differences: Sequence[Tensor]) -> Tenso
     rows = []
     for v, d in zip(probes, differences, strict=True):
         d, v = d.reshape(-1), v.reshape(-1)
-        rows.append(torch.stack((torch.dot(d, d), v.numel() * torch.dot(v, v))))
+        rows.append(torch.stack((dot(d, d), v.numel() * dot(v, v))))
     return _sum_rows(rows)
 
 

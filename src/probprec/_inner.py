@@ -1,0 +1,111 @@
+"""The inner ``torch.optim`` optimizer's hyperparameters, as the Preconditioner's parameter groups hold them.
+
+Every hyperparameter of the inner optimizer (its ``defaults`` other than ``lr`` and ``weight_decay``:
+``momentum``, ``betas``, ``eps``, ...) lives in the Preconditioner's parameter groups under its own
+name, given globally or per group, so that LR schedulers see and change it (``OneCycleLR`` cycles
+``momentum`` or ``betas``); before every inner step the group's current values are copied to the inner
+group. Two keys differ:
+
+- ``lr``: the inner group's learning rate is the effective one the Preconditioner sets;
+- ``weight_decay`` is the objective's L2 coefficient, which enters the curvature model; the inner
+  optimizer's *own* decay (e.g. AdamW's decoupled decay) is ``inner_weight_decay``, 0 unless given,
+  whatever the inner class's default.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+__all__ = ["INNER_WEIGHT_DECAY", "InnerSpec"]
+
+INNER_WEIGHT_DECAY = "inner_weight_decay"
+"""The group key of the inner optimizer's own weight decay."""
+
+
+def _describe(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in values.items()) or "its defaults"
+
+
+@dataclass(frozen=True)
+class InnerSpec:
+    """The inner optimizer class and the names of its hyperparameters."""
+
+    optim_class: type[Optimizer]
+    keys: tuple[str, ...]
+    """Hyperparameters mirrored between the Preconditioner's groups and the inner groups."""
+    has_weight_decay: bool
+    """Whether the inner class takes a ``weight_decay`` (which ``inner_weight_decay`` sets)."""
+
+    @classmethod
+    def probe(cls, optim_class: type[Optimizer], hyperparams: Mapping[str, Any],
+              like: Tensor | None) -> tuple[InnerSpec, dict[str, Any]]:
+        """Build the inner class once on a one-element tensor; return the spec and its defaults.
+
+        Raises:
+            ValueError: if the inner class rejects ``hyperparams`` (its own message, with the values).
+        """
+        defaults = _construct(optim_class, hyperparams, like, "").defaults
+        keys = tuple(k for k in defaults if k not in ("lr", "weight_decay"))
+        spec = cls(optim_class, keys, "weight_decay" in defaults)
+        return spec, {k: defaults[k] for k in keys}
+
+    def inner_values(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        """The inner group's hyperparameters (without ``params`` and ``lr``) from a Preconditioner group."""
+        values = {key: group[key] for key in self.keys}
+        if self.has_weight_decay:
+            values["weight_decay"] = group[INNER_WEIGHT_DECAY]
+        return values
+
+    def check_group(self, group: Mapping[str, Any], explicit: Mapping[str, Any], label: str) -> None:
+        """Let the inner class validate a group's values (it checks only its constructor's arguments).
+
+        Args:
+            group: the group with its defaults filled in.
+            explicit: the values the user gave in the group (named in the error).
+            label: where the group is, for the message (e.g. ``"param_groups[1]: "``).
+        """
+        if group[INNER_WEIGHT_DECAY] and not self.has_weight_decay:
+            raise ValueError(
+                f"{label}inner_weight_decay must be 0 with {self.optim_class.__name__}, which has no weight "
+                f"decay of its own, got {group[INNER_WEIGHT_DECAY]!r}"
+            )
+        params = group["params"]
+        _construct(self.optim_class, self.inner_values(group), params[0] if params else None,
+                   label, explicit)
+
+    def inner_group(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        """A new inner group for a Preconditioner group (learning rate 1 until the first step sets it)."""
+        return {"params": group["params"], **self.inner_values(group), "lr": 1.0}
+
+    def copy_values(self, group: Mapping[str, Any], inner_group: dict[str, Any]) -> None:
+        """Copy the group's current hyperparameters (schedulers may have changed them) to the inner group."""
+        for key in self.keys:
+            inner_group[key] = group[key]
+        if self.has_weight_decay:
+            inner_group["weight_decay"] = group[INNER_WEIGHT_DECAY]
+
+
+def _constructor_arguments(optim_class: type[Optimizer], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values the class's constructor takes (some defaults, e.g. AdamW's, are not arguments)."""
+    parameters = inspect.signature(optim_class.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(values)
+    return {key: value for key, value in values.items() if key in parameters}
+
+
+def _construct(optim_class: type[Optimizer], values: Mapping[str, Any], like: Tensor | None, label: str,
+               explicit: Mapping[str, Any] | None = None) -> Optimizer:
+    dummy = torch.zeros(1, requires_grad=True) if like is None else torch.zeros(
+        1, dtype=like.dtype, device=like.device, requires_grad=True)
+    try:
+        return optim_class([dummy], **{**_constructor_arguments(optim_class, values), "lr": 1.0})
+    except (ValueError, TypeError, RuntimeError) as error:
+        shown = values if explicit is None else explicit
+        raise ValueError(f"{label}{_describe(shown)} rejected by {optim_class.__name__}: {error}") from None

@@ -6,8 +6,9 @@
 # munged, slurmctld and slurmd, and waits until the node is idle. .ci/slurm-down.sh stops what this started.
 #
 # Exit status: 0 when the cluster is up, or when the packages cannot be installed (then it prints
-# "slurm packages unavailable: <reason>", starts nothing, and the Slurm tests skip); 1 when the packages
-# are there but the cluster does not come up (a real failure, with the daemons' logs).
+# "slurm packages unavailable: <reason>", starts nothing, and the Slurm tests skip, which fails the tests
+# under CI: tests/bench/ci_skips.py); 1 when the packages are there but the cluster does not come up (a real
+# failure, with the daemons' logs).
 set -uo pipefail
 
 STATE_DIR=/run/probprec-slurm            # what this script started, for slurm-down.sh

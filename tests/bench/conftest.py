@@ -3,6 +3,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from ci_skips import pytest_runtest_makereport  # noqa: F401 - under CI a Slurm test may not skip
 
 from probprec.bench.synthetic_files import make_all
 

@@ -9,16 +9,32 @@ import pytest
 import torch
 from sweep_helpers import results, write_sweep
 
-from probprec.bench import demo
+from probprec.bench import demo, runner
 from probprec.bench.benchmark import run_benchmark
 from probprec.bench.cli import main
+from probprec.bench.environment import environment
 from probprec.bench.executors import run_sweep
 from probprec.bench.experiment import run_runtime
+from probprec.bench.runner import RunConfig, run
 from probprec.bench.sweeps import load_sweep
 from probprec.bench.threads import available_cores, threads_per_process, using_threads
 
 ODD = 5
 """A thread count that the policy never gives on the test machines' cores (set beforehand to be overridden)."""
+
+
+@pytest.fixture
+def threads_seen(monkeypatch) -> list[int]:
+    """torch's thread count when each run in this process starts training (seen from inside the runner)."""
+    seen = []
+    original = runner._seed_everything  # called once per run, right before the model is built
+
+    def spy(seed: int) -> None:
+        seen.append(torch.get_num_threads())
+        original(seed)
+
+    monkeypatch.setattr(runner, "_seed_everything", spy)
+    return seen
 
 
 @pytest.fixture
@@ -94,9 +110,19 @@ def _recorded_threads(out) -> list[int]:
     return [record["metadata"]["environment"]["torch_threads"] for _, record in results(out)]
 
 
-def test_a_sweep_in_this_process_uses_the_policy_and_restores_the_callers_setting(tmp_path, odd_threads):
+def test_results_record_the_thread_count_they_ran_with(tmp_path, odd_threads):
+    assert environment()["torch_threads"] == ODD
+    with using_threads(1):
+        assert environment()["torch_threads"] == 1
+        record = run(RunConfig("two_d_branin", "SGD", epochs=1, output_dir=str(tmp_path), progress=False)).record
+    assert record["metadata"]["environment"]["torch_threads"] == 1
+
+
+def test_a_sweep_in_this_process_uses_the_policy_and_restores_the_callers_setting(tmp_path, odd_threads,
+                                                                                  threads_seen):
     spec = load_sweep(write_sweep(tmp_path / "s.toml", SWEEP), "s")
     run_sweep(spec, tmp_path / "here", workers=1, echo=lambda _: None)
+    assert threads_seen == [threads_per_process(1)] * 2
     assert _recorded_threads(tmp_path / "here") == [threads_per_process(1)] * 2
     assert torch.get_num_threads() == ODD
 
@@ -108,9 +134,10 @@ def test_each_pool_worker_gets_its_share_of_the_cores(tmp_path, odd_threads):
     assert torch.get_num_threads() == ODD
 
 
-def test_probprec_run_uses_the_policy(tmp_path, odd_threads, capsys):
+def test_probprec_run_uses_the_policy(tmp_path, odd_threads, threads_seen, capsys):
     assert main(["run", "two_d_branin", "--optimizer", "SGD", "--epochs", "1", "--no-progress",
                  "--output-dir", str(tmp_path)]) == 0
+    assert threads_seen == [threads_per_process(1)]
     assert _recorded_threads(tmp_path) == [threads_per_process(1)]
 
 
@@ -129,7 +156,7 @@ def test_the_demo_trains_with_the_policy(tmp_path, odd_threads, monkeypatch):
     assert len(json.loads((tmp_path / "demo.json").read_text())) == 2
 
 
-def test_the_benchmark_and_the_runtime_experiment_train_with_the_policy(tmp_path, odd_threads):
+def test_the_benchmark_and_the_runtime_experiment_train_with_the_policy(tmp_path, odd_threads, threads_seen):
     lines: list[str] = []
     [result] = run_benchmark(tmp_path / "bench", problems=["two_d_branin"], optimizers=["SGD"], seeds=[1], quick=True,
                              progress=False, echo=lines.append)
@@ -137,5 +164,6 @@ def test_the_benchmark_and_the_runtime_experiment_train_with_the_policy(tmp_path
     assert torch.get_num_threads() == ODD
     run_runtime("two_d_branin", ["Adam"], repetitions=1, epochs=1, output_dir=tmp_path / "runtime",
                 echo=lines.append)
+    assert threads_seen == [threads_per_process(1)] * 3
     assert _recorded_threads(tmp_path / "runtime" / "runs") == [threads_per_process(1)] * 2
     assert torch.get_num_threads() == ODD

@@ -100,80 +100,171 @@ class LeastSquares:
 
 
 class Reference:
-    """spec/algorithm-reference.md §a, one cycle, one parameter group, dense and in float64."""
+    """spec/algorithm-reference.md §a, one cycle, one parameter group, dense and in float64.
 
-    def __init__(self, problem, theta, first_batch=0, wd=0.0):
+    ``fixes`` applies named fixes of :mod:`probprec.thesis` to the transcription, each restated here from
+    its definition (the quirk table), independently of the library's code paths.
+    """
+
+    def __init__(self, problem, theta, first_batch=0, wd=0.0, fixes=(), noise_floor=1e-3):
         self.pb, self.theta, self.t0, self.wd = problem, theta, first_batch, wd
+        self.fixes, self.noise_floor = set(fixes), noise_floor
+
+    def fixed(self, name):
+        return name in self.fixes
 
     def B(self, v, t):
         return [h + self.wd * vi for h, vi in zip(self.pb.hvp(v, t), v, strict=True)]
 
+    def gradient(self, t, regularized=True):
+        g = self.pb.grad(self.theta, self.t0 + t)
+        wd = self.wd if regularized else 0.0
+        return [gi + wd * th for gi, th in zip(g, self.theta, strict=True)]
+
     def run(self):
-        pb, wd = self.pb, self.wd
-        # a.3 prior
-        vs, hs = [], []
-        for t in range(self.t0, self.t0 + P):
-            v = [g + wd * th for g, th in zip(pb.grad(self.theta, t), self.theta, strict=True)]
-            vs.append(v)
-            hs.append(self.B(v, t))
-        vhv = sum(float(a @ b) for v, h in zip(vs, hs, strict=True) for a, b in zip(v, h, strict=True))
-        hh = sum(float(b @ b) for h in hs for b in h)
-        vv = sum(float(a @ a) for v in vs for a in v)
-        sum_v = [sum(v[i] for v in vs) for i in range(len(self.theta))]
-        self.alpha, self.w = vhv / hh, vhv / vv
-        self.lam = abs(vv - sum(float(s @ s) for s in sum_v)) / P
-        alpha, w, lam = self.alpha, self.w, self.lam
-        vbar = [s / P for s in sum_v]
-        hbar = [sum(h[i] for h in hs) / P for i in range(len(self.theta))]
-        # a.4 setup, per tensor
-        self.tensors = []
-        for vb, hb in zip(vbar, hbar, strict=True):
-            s0 = -alpha * vb
-            r0 = float(s0 @ s0)
-            S, Y, r = [s0 / r0**0.5], [-alpha * hb / r0**0.5], [r0]
-            X = ((Y[0] - S[0]) / ((w**2 + lam**2) * r0))[:, None]
-            self.tensors.append({"S": S, "Y": Y, "r": r, "X": X, "raw_s": [s0], "raw_y": [-alpha * hb]})
-        # a.5 posterior, minibatches P .. P + K - 2 (same batch)
+        self.prior()
+        self.setup()
         self.snapshots = []
         for m in range(1, K):
-            t = self.t0 + P + m - 1
-            g = pb.grad(self.theta, t)
-            directions = []
-            for tensor, gi in zip(self.tensors, g, strict=True):
-                Sh, X = torch.stack(tensor["S"], 1), tensor["X"]
-                C = alpha * w**2 * X.T @ Sh
-                s = alpha * gi - alpha**2 * w**2 * X @ torch.linalg.solve(torch.eye(m, dtype=DT) + C, Sh.T @ gi)
-                directions.append(s)
-            ys = self.B(directions, t)
-            for tensor, s, y in zip(self.tensors, directions, ys, strict=True):
-                r = float(s @ s)
-                tensor["S"].append(s / r**0.5)
-                tensor["Y"].append(y / r**0.5)
-                tensor["r"].append(r)
-                tensor["raw_s"].append(s)
-                tensor["raw_y"].append(y)
-                Sh, Yh = torch.stack(tensor["S"], 1), torch.stack(tensor["Y"], 1)
-                rr = torch.tensor(tensor["r"], dtype=DT)
-                G = w * (Sh.T @ Sh)
-                G.diagonal().copy_(w * rr)
-                N = torch.diag(lam * rr)
-                tensor["G"], tensor["N"] = G, N
-                tensor["X"] = (Yh - alpha * Sh) @ torch.linalg.inv(w * G + lam * N)
-            self.snapshots.append([dict(raw_s=list(t["raw_s"]), raw_y=list(t["raw_y"]), G=t["G"].clone(),
-                                        N=t["N"].clone(), X=t["X"].clone(), r=list(t["r"]),
-                                        mean=self.posterior_mean(t)) for t in self.tensors])
-        # a.7 switch: singular values of the posterior mean, a.8 preconditioned gradient
-        t = self.t0 + P + K - 1
-        g = pb.grad(self.theta, t)
+            self.posterior_column(m)
+        self.switch()
+        return self
+
+    # a.3 prior: probes, their products, the scalars
+    def final_start(self):
+        if not self.fixed("prior_observation"):
+            return P  # the reference schedule: no final group
+        if not self.fixed("paired_noise"):
+            return P - 1
+        return P - 2 if P % 2 == 0 else P - 1
+
+    def prior(self):
+        paired, final = self.fixed("paired_noise"), self.final_start()
+        vs, probes, hs = [], [], []
+        for t in range(P):
+            v = self.gradient(t)
+            vs.append(v)
+            if t == final:  # the final group probes along the mean of the earlier gradients
+                probe = [sum(u[i] for u in vs[:final]) / final for i in range(len(v))]
+            elif t % 2 == 0 or not paired:
+                probe = v
+            else:  # the second minibatch of a pair: the pair's probe
+                probe = probes[-1]
+            probes.append(probe)
+            hs.append(self.B(probe, self.t0 + t))
+        vhv = sum(float(a @ b) for v, h in zip(probes, hs, strict=True) for a, b in zip(v, h, strict=True))
+        hh = sum(float(b @ b) for h in hs for b in h)
+        vv = sum(float(a @ a) for v in probes for a in v)
+        self.alpha, self.w = vhv / hh, vhv / vv
+        if paired:  # the spread of the products of each pair along its shared probe
+            pairs = range(1, P, 2)  # the second minibatch of each pair
+            num = sum(float((a - b) @ (a - b)) for t in pairs for a, b in zip(hs[t - 1], hs[t], strict=True))
+            den = sum(a.numel() * float(a @ a) for t in pairs for a in probes[t])
+            self.lam = max((num / (2 * den)) ** 0.5, self.noise_floor * abs(self.w))
+        else:
+            sum_v = [sum(v[i] for v in probes) for i in range(len(self.theta))]
+            self.lam = abs(vv - sum(float(s @ s) for s in sum_v)) / P
+        self.first = self.first_observation(vs, probes, hs, final)
+
+    def first_observation(self, vs, probes, hs, final):
+        """s_0 and y_0 per tensor, before scaling by -alpha."""
+        n = len(self.theta)
+        if final == P:  # the reference: means of the prior's gradients and of its products along them
+            return [(sum(v[i] for v in vs) / P, sum(h[i] for h in hs) / P) for i in range(n)]
+        last = list(range(final, P))  # the final group: one step, or a pair (its products averaged)
+        return [(probes[final][i], sum(hs[t][i] for t in last) / len(last)) for i in range(n)]
+
+    # a.4 setup, a.5 posterior
+    def shift(self, m):
+        if self.fixed("consistent_prior_mean"):
+            return 1.0 / self.alpha
+        return 1.0 if m == 1 else self.alpha
+
+    def factors_x(self, tensor):
+        """X of unit columns: (Y - b S) (w G + lambda N)^-1, with the reference's or consistent normalization."""
+        Sh, Yh = torch.stack(tensor["S"], 1), torch.stack(tensor["Y"], 1)
+        m, w, lam = Sh.shape[1], self.w, self.lam
+        rr = torch.tensor(tensor["r"], dtype=DT)
+        G = w * (Sh.T @ Sh)
+        if self.fixed("consistent_normalization"):
+            G.diagonal().fill_(w)
+            N = lam * torch.eye(m, dtype=DT)
+        else:
+            G.diagonal().copy_(w * rr)
+            N = torch.diag(lam * rr)
+        tensor["G"], tensor["N"] = G, N
+        tensor["X"] = (Yh - self.shift(m) * Sh) @ torch.linalg.inv(w * G + lam * N)
+
+    def append(self, tensor, s, y):
+        r = float(s @ s)
+        tensor["S"].append(s / r**0.5)
+        tensor["Y"].append(y / r**0.5)
+        tensor["r"].append(r)
+        tensor["raw_s"].append(s)
+        tensor["raw_y"].append(y)
+        self.factors_x(tensor)
+
+    def setup(self):
+        self.tensors = []
+        for vb, hb in self.first:
+            tensor = {"S": [], "Y": [], "r": [], "raw_s": [], "raw_y": []}
+            self.append(tensor, -self.alpha * vb, -self.alpha * hb)
+            self.tensors.append(tensor)
+
+    def direction(self, tensor, g, m):
+        alpha, w = self.alpha, self.w
+        Sh, X = torch.stack(tensor["S"], 1), tensor["X"]
+        C = alpha * w**2 * (Sh.T @ X if self.fixed("exact_capacitance") else X.T @ Sh)
+        s = alpha * g - alpha**2 * w**2 * X @ torch.linalg.solve(torch.eye(m, dtype=DT) + C, Sh.T @ g)
+        if self.fixed("orthogonal_directions"):  # keep the part orthogonal to the observed directions
+            before = s.norm()
+            for r in tensor["raw_s"]:
+                s = s - (r @ s) / (r @ r) * r
+            s = s * (before / s.norm()) if s.norm() > 1e-3 * before else torch.zeros_like(s)
+        return s
+
+    def posterior_column(self, m):
+        t = P + m - 1  # observed on this minibatch; built from it, or from the one before (next-batch fix)
+        built = t - 1 if self.fixed("next_batch_observations") else t
+        g = self.gradient(built, regularized=self.fixed("regularized_directions"))
+        directions = [self.direction(tensor, gi, m) for tensor, gi in zip(self.tensors, g, strict=True)]
+        ys = self.B(directions, self.t0 + t)
+        for tensor, s, y in zip(self.tensors, directions, ys, strict=True):
+            self.append(tensor, s, y)
+        self.snapshots.append([dict(raw_s=list(t["raw_s"]), raw_y=list(t["raw_y"]), G=t["G"].clone(),
+                                    N=t["N"].clone(), X=t["X"].clone(), r=list(t["r"]),
+                                    mean=self.posterior_mean(t)) for t in self.tensors])
+
+    # a.7 switch: the low-rank extraction, a.8 the preconditioned gradient
+    def switch(self):
+        self.switch_step = P + K - 2 if self.fixed("prior_observation") else P + K - 1
+        g = self.gradient(self.switch_step, regularized=self.fixed("regularized_directions"))
         self.sigma, self.pgrad = [], []
         for tensor, gi in zip(self.tensors, g, strict=True):
-            Bm = self.posterior_mean(tensor)
-            U, sv, _ = torch.linalg.svd(Bm)
-            k = min(RANK, Bm.shape[0] - 1)
-            U, sv = U[:, :k], sv[:k]
+            U, sv = self.eigen_ritz(tensor) if self.fixed("eigen_extraction") else self.singular(tensor)
+            if self.fixed("consistent_units"):
+                factors = torch.where(sv > 1 / self.alpha, (1 / self.alpha) / sv - 1, torch.zeros_like(sv))
+            else:
+                factors = torch.where(sv > 0, 1 / sv.clamp_min(1e-300).sqrt() - 1, torch.zeros_like(sv))
             self.sigma.append(sv)
-            self.pgrad.append(gi + U @ ((1 / sv.sqrt() - 1) * (U.T @ gi)))
-        return self
+            self.pgrad.append(gi + U @ (factors * (U.T @ gi)))
+
+    def singular(self, tensor):
+        """Top singular pairs of the (non-symmetric) posterior mean, k capped at n - 1."""
+        Bm = self.posterior_mean(tensor)
+        U, sv, _ = torch.linalg.svd(Bm)
+        k = min(RANK, Bm.shape[0] - 1)
+        return U[:, :k], sv[:k]
+
+    def eigen_ritz(self, tensor):
+        """Rayleigh-Ritz on span(S) with the observations: Q'BQ from Y, symmetrised, top RANK."""
+        S, Y = torch.stack(tensor["raw_s"], 1), torch.stack(tensor["raw_y"], 1)
+        Q, R = torch.linalg.qr(S)
+        C = torch.linalg.inv(R)
+        T = C.T @ (S.T @ Y) @ C
+        values, Z = torch.linalg.eigh(0.5 * (T + T.T))
+        values, Z = values.flip(0)[:RANK], Z.flip(1)[:, :RANK]
+        return Q @ Z, values
 
     def posterior_mean(self, tensor):
         Sh = torch.stack(tensor["S"], 1)
@@ -404,24 +495,29 @@ def test_true_gradient_changes_only_p_grad():
 
 
 def test_persistent_inner_keeps_momentum_across_cycles():
-    params_of = {}
-    for fixes in ((), ("persistent_inner",)):
+    """At the second switch SGD's buffer is mu * (its last value) + P g with the fix, and P g without it."""
+    for fixes, keeps in (((), False), (("persistent_inner",), True)):
         problem = Quadratic()
         params = problem.params()
         opt = Preconditioner(params, prior_iterations=P, num_observations=K, mode="thesis", fixes=fixes,
                              momentum=0.9)
-        history = []
+        p = params[0]
+        last_buffer = switched = None
         for t in range(2 * (P + K) + 2):
             if t == P + K + 1:
                 opt.start_estimate()
+            completed = opt.get_log()["cycles_completed"]
             opt.zero_grad()
             problem.loss(params, t).backward(create_graph=opt.create_graph)
             opt.step()
-            history.append([p.detach().clone() for p in params])
-        params_of[fixes] = history
-    a, b = params_of[()], params_of[("persistent_inner",)]
-    assert not differ(a[P + K], b[P + K])  # the first cycle is the same
-    assert differ(a[-1], b[-1])  # at the second switch the reference forgets the momentum
+            if completed == 1 and opt.get_log()["cycles_completed"] == 2:
+                # the reference (and fix true_gradient off) leaves the preconditioned gradient in p.grad
+                switched = (opt._inner.state[p]["momentum_buffer"].clone(), p.grad.detach().clone())
+            if opt.get_log()["cycles_completed"] == 1 and opt.phase == "optimize":
+                last_buffer = opt._inner.state[p]["momentum_buffer"].clone()
+        buffer, pgrad = switched
+        expected = 0.9 * last_buffer + pgrad if keeps else pgrad
+        torch.testing.assert_close(buffer, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_regularized_directions_matter_only_with_weight_decay():
@@ -452,3 +548,51 @@ def test_prior_observation_changes_the_first_column_and_saves_a_step():
     assert prior_of(quirky)[0] != prior_of(fixed)[0]
     assert differ([quirky[P][ "S"][0][0]], [fixed[P]["S"][0][0]])
     assert quirky[P + K - 2]["log"]["phase"] == "posterior" and fixed[P + K - 2]["log"]["phase"] == "optimize"
+
+
+# ----------------------------------------------------------------------------- each fix, against the transcription
+
+SINGLE_FIXES = [f for f in FIXES if f != "persistent_inner"]  # the inner optimizer's state: its own test below
+
+
+@pytest.mark.parametrize("problem_cls,wd", [(Quadratic, 0.05), (LeastSquares, 0.0)], ids=["quadratic", "lsq"])
+@pytest.mark.parametrize("fix", SINGLE_FIXES)
+def test_each_fix_gives_the_transcription_with_that_fix(fix, problem_cls, wd):
+    """What a fix changes equals the transcription with the fix restated: prior, columns, values, update."""
+    problem = problem_cls()
+    ref = Reference(problem, [x.clone() for x in problem.start], wd=wd, fixes=(fix,)).run()
+    records = {}
+
+    def snapshot(step, opt, params):
+        state = [opt.state[p] for p in params]
+        records[step] = dict(log=opt.get_log(), grads=[p.grad.detach().clone() for p in params],
+                             S=[list(s.get("directions", [])) for s in state],
+                             Y=[list(s.get("observations", [])) for s in state],
+                             params=[p.detach().clone().reshape(-1) for p in params])
+
+    run_cycle(problem, ref.switch_step + 1, wd=wd, fixes=(fix,), snapshot=snapshot)
+    prior = records[P - 1]["log"]
+    assert prior["step_sizes"][0] == pytest.approx(ref.alpha, rel=1e-5)
+    assert prior["prior_width"][0] == pytest.approx(ref.w, rel=1e-5)
+    assert prior["noise"][0] == pytest.approx(ref.lam, rel=1e-4)
+    for m in range(1, K):
+        rec, snap = records[P - 1 + m], ref.snapshots[m - 1]
+        if ref.switch_step == P - 1 + m:
+            break  # the cycle has ended: its buffers are gone
+        for S_rows, Y_rows, want in zip(rec["S"], rec["Y"], snap, strict=True):
+            assert len(Y_rows) == m + 1
+            for s, y, s_ref, y_ref in zip(S_rows, Y_rows, want["raw_s"], want["raw_y"], strict=False):
+                sign = 1.0 if float(s.double() @ s_ref) >= 0 else -1.0
+                same_up_to_sign(s, s_ref)
+                same_up_to_sign(sign * y.double(), sign * y_ref)
+    last = records[ref.switch_step]
+    for sigma, want in zip(last["log"]["eigenvalues"], ref.sigma, strict=True):
+        assert sigma == pytest.approx(want.tolist(), rel=1e-3, abs=1e-4 * float(want.abs().max()))
+    assert last["log"]["learning_rates"][0] == pytest.approx(ref.alpha, rel=1e-5)
+    # the first update: a fresh momentum buffer is what the inner SGD sees, the preconditioned gradient (plus
+    # its own weight decay where the quirk leaves the decay to it), so theta moves by -alpha times that
+    inner_wd = 0.0 if fix == "regularized_directions" else wd
+    for before, after, pgrad in zip(problem.start, last["params"], ref.pgrad, strict=True):
+        step = after.double() - before
+        want = -ref.alpha * (pgrad + inner_wd * before)
+        torch.testing.assert_close(step, want, rtol=2e-3, atol=2e-3 * float(want.abs().max()))

@@ -202,10 +202,18 @@ def test_zero_curvature_holds_the_parameters_and_says_why():
 
 
 def test_tuned_step_size_survives_a_failed_prior():
-    theta = nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    start = torch.tensor([1.0, -2.0, 0.5])
+    theta = nn.Parameter(start.clone())
     opt = PreconditionedTunedSGD([theta], lr=0.1, prior_iterations=P, num_observations=K)
-    train(opt, lambda: -0.5 * (theta**2).sum(), P + 1)
-    assert opt.get_log()["learning_rates"] == [0.1]
+    train(opt, lambda: -0.5 * (theta**2).sum(), P + 1)  # concave: the estimated step size is negative
+    log = opt.get_log()
+    assert log["learning_rates"] == [0.1]
+    # no restart: the cycle ends after the prior (no posterior on a failed prior) and optimizes at lr 0.1
+    assert opt.phase == "optimize" and log["cycles_completed"] == 1
+    assert [e["kind"] for e in log["events"]] == ["fallback"]
+    assert log["eigenvalues"] == [[]]
+    # two updates (the last prior minibatch is also the first), each theta <- theta - 0.1 * (-theta)
+    torch.testing.assert_close(theta.detach(), start * 1.1**2)
 
 
 # ------------------------------------------------------------ numbers, types and devices

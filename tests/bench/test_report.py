@@ -99,7 +99,7 @@ def test_report_from_deepobs_files_and_reference_overlay(tmp_path):
     assert summary.loc["SGD", "final_test_accuracy_q25"] == pytest.approx(0.705)
     assert summary.loc["Adam", "final_test_accuracy_median"] == pytest.approx(0.85)
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "0.71 [0.705, 0.715]" in md and "(best of 2)" in md
+    assert "0.71 [0.705, 0.715]" in md and "best of 2 settings on the final valid_accuracy" in md
     assert "deepobs-1.2" in md  # the environment table names the source
     _assert_valid_images(sorted((tmp_path / "out" / "figures").iterdir()))
     assert (tmp_path / "out" / "report.html").read_text().count("data:image/png;base64,") == 1
@@ -138,8 +138,9 @@ def test_empty_or_missing_directory_names_it(tmp_path, capsys):
     assert main(["report", str(empty), "--out", str(tmp_path / "out")]) == 1
     assert f"{empty}: no result files (*.json) found" in capsys.readouterr().err
     assert (tmp_path / "out" / "report.md").exists()
-    assert main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "out2")]) == 1
+    assert main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "out2")]) == 2  # see test_report_cli_errors
     assert "nope: no such file or directory" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "nope").exists()
 
 
 def test_unknown_metric_and_test_selection_are_refused_before_writing(tmp_path, capsys):

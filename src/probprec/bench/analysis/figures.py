@@ -22,15 +22,18 @@ order, so an optimizer has the same colour in every figure of a report.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["PANEL_METRICS", "colors_for", "count_curves", "grid_figure", "optimizer_state_figure", "performance_figure",
-           "profile_figure", "runtime_figure", "save_figure", "sensitivity_figure"]
+from .metrics import LEGACY_TEST_LABEL
+
+__all__ = ["PANEL_METRICS", "FigureSummary", "colors_for", "count_curves", "grid_figure", "optimizer_state_figure",
+           "performance_figure", "profile_figure", "runtime_figure", "save_figure", "sensitivity_figure", "summarize"]
 
 PANEL_METRICS = ("test_loss", "train_loss", "test_accuracy", "train_accuracy")
 LABELS = {"test_loss": "test loss", "train_loss": "train loss", "valid_loss": "validation loss",
@@ -63,6 +66,30 @@ def colors_for(names: Sequence[str]) -> dict[str, str]:
 def count_curves(fig) -> int:
     """The labelled lines of a figure (curves and reference lines; bands and error bars are not counted)."""
     return sum(1 for ax in fig.axes for line in ax.get_lines() if not line.get_label().startswith("_"))
+
+
+@dataclass(frozen=True)
+class FigureSummary:
+    """What a figure shows, read from it before it is saved (for the report's record and for tests)."""
+
+    curves: int
+    """Labelled lines (see :func:`count_curves`)."""
+    lines: list[tuple[str, str]]
+    """``(label, linestyle)`` of every labelled line."""
+    texts: list[str]
+    """Every title, axis label, legend entry and figure text."""
+    y_limits: dict[str, tuple[float, float]]
+    """Axis label (see ``Axes.get_label``) -> the y range shown, for labelled axes."""
+
+
+def summarize(fig) -> FigureSummary:
+    """The :class:`FigureSummary` of a figure."""
+    lines = [(line.get_label(), line.get_linestyle()) for ax in fig.axes for line in ax.get_lines()
+             if not line.get_label().startswith("_")]
+    texts = [t.get_text() for t in fig.findobj(match=lambda artist: hasattr(artist, "get_text")) if t.get_text()]
+    limits = {ax.get_label(): tuple(float(v) for v in ax.get_ylim()) for ax in fig.axes
+              if ax.get_label() and ax.axison}
+    return FigureSummary(len(lines), lines, texts, limits)
 
 
 def save_figure(fig, stem: str | Path, dpi: int = 150) -> list[Path]:
@@ -107,47 +134,97 @@ def _log_if_positive(ax, values: pd.Series) -> None:
         ax.set_yscale("log")
 
 
+def _title(problem: str, legacy: Collection[str]) -> str:
+    """A panel title: the problem, and the legacy label where its settings were chosen on the test set."""
+    return f"{problem}\n({LEGACY_TEST_LABEL})" if problem in legacy else problem
+
+
+def _zoom_accuracy(ax, frames: Sequence[pd.DataFrame], spread: str) -> None:
+    """An accuracy axis from the data after the first tenth of the epochs (epoch 0 sits at chance).
+
+    The range covers every center line and band from that epoch on, padded by 5 %, so that final differences
+    of a few tenths of a percent and the seed bands are visible.
+    """
+    rows = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else None
+    if rows is None:
+        return
+    start = max(1, math.ceil(0.1 * rows["epoch"].max()))
+    late = rows[rows["epoch"] >= start]
+    if late.empty:
+        return
+    low, high = _band_limits(late, spread)
+    values = pd.concat([low, high]).dropna()
+    if values.empty:
+        return
+    bottom, top = float(values.min()), float(values.max())
+    pad = max(0.05 * (top - bottom), 0.002)
+    ax.set_ylim(bottom - pad, top + pad)
+
+
+def _band_limits(rows: pd.DataFrame, spread: str) -> tuple[pd.Series, pd.Series]:
+    if spread == "quartiles":
+        return rows[["q25", "median"]].min(axis=1), rows[["q75", "median"]].max(axis=1)
+    std = rows["std"].fillna(0)
+    return rows["mean"] - std, rows["mean"] + std
+
+
+def _panel(ax, rows: pd.DataFrame, refs: pd.DataFrame, metric: str, optimizers: Sequence[str],
+           colors: dict[str, str], references: dict[str, str], spread: str) -> None:
+    """One panel of the performance figure: our curves solid, the reference curves dashed."""
+    _curves(ax, rows, optimizers, colors, spread)
+    reference_colors = colors_for([*optimizers, *[r for r in references if r not in optimizers]])
+    for name, label in references.items():
+        sub = refs[refs["optimizer"] == name]
+        if not sub.empty:
+            _band(ax, sub, reference_colors[name], label, spread, linestyle="--")
+    if "loss" in metric:
+        _log_if_positive(ax, pd.concat([rows["median"], refs.get("median", pd.Series(dtype=float))]))
+    else:
+        _zoom_accuracy(ax, [rows, refs], spread)
+
+
 def performance_figure(aggregated: pd.DataFrame, problems: Sequence[str], optimizers: Sequence[str],
                        reference: pd.DataFrame | None = None, spread: str = "quartiles",
-                       colors: dict[str, str] | None = None):
+                       colors: dict[str, str] | None = None, reference_labels: dict[str, str] | None = None,
+                       legacy: Collection[str] = ()):
     """Rows: test loss, train loss (and test and train accuracy where a problem has them); columns: problems.
 
     Args:
-        aggregated: :func:`~probprec.bench.analysis.selection.aggregate` of the chosen settings.
+        aggregated: :func:`~probprec.bench.analysis.aggregation.aggregate` of the chosen settings.
         problems: the columns, in this order.
         optimizers: the curves, in this order.
-        reference: aggregated baseline results, drawn dashed with "(reference)" in the legend.
+        reference: aggregated baseline results, drawn dashed.
         spread: ``quartiles`` (median and 25-75 %) or ``std`` (mean and one standard deviation).
         colors: optimizer -> colour.
+        reference_labels: reference optimizer -> its legend label (default: "NAME (reference)").
+        legacy: the problems whose settings were chosen on the test set; their titles say so.
+
+    Every axis is labelled ``"<problem>: <metric>"`` (``Axes.get_label``), for tests and tools.
     """
     if spread not in ("quartiles", "std"):
         raise ValueError(f"spread must be 'quartiles' or 'std', got {spread!r}")
     colors = colors or colors_for(optimizers)
-    has_accuracy = aggregated["metric"].isin(["test_accuracy", "train_accuracy"]).any()
+    has_accuracy = aggregated["metric"].isin(["test_accuracy", "train_accuracy"]).any() or (
+        reference is not None and reference["metric"].isin(["test_accuracy", "train_accuracy"]).any())
     metrics = PANEL_METRICS if has_accuracy else PANEL_METRICS[:2]
-    reference_names = [] if reference is None else list(dict.fromkeys(reference["optimizer"]))
-    reference_colors = colors_for([*optimizers, *[r for r in reference_names if r not in optimizers]])
+    names = [] if reference is None else list(dict.fromkeys(reference["optimizer"]))
+    references = {name: (reference_labels or {}).get(name, f"{name} (reference)") for name in names}
     with _style() as plt:
         fig, axes = plt.subplots(len(metrics), len(problems), squeeze=False,
                                  figsize=(max(3.0, 2.6 * len(problems)), 1.9 * len(metrics)))
         for col, problem in enumerate(problems):
             for row, metric in enumerate(metrics):
                 ax = axes[row][col]
+                ax.set_label(f"{problem}: {metric}")
                 rows = aggregated[(aggregated["problem"] == problem) & (aggregated["metric"] == metric)]
                 refs = (reference[(reference["problem"] == problem) & (reference["metric"] == metric)]
-                        if reference is not None else pd.DataFrame(columns=["optimizer"]))
+                        if reference is not None else aggregated.iloc[:0])
                 if rows.empty and refs.empty:
                     ax.set_axis_off()
                     continue
-                _curves(ax, rows, optimizers, colors, spread)
-                for name in reference_names:
-                    sub = refs[refs["optimizer"] == name]
-                    if not sub.empty:
-                        _band(ax, sub, reference_colors[name], f"{name} (reference)", spread, linestyle="--")
-                if "loss" in metric:
-                    _log_if_positive(ax, pd.concat([rows["median"], refs.get("median", pd.Series(dtype=float))]))
+                _panel(ax, rows, refs, metric, optimizers, colors, references, spread)
                 if row == 0:
-                    ax.set_title(problem)
+                    ax.set_title(_title(problem, legacy))
                 if col == 0:
                     ax.set_ylabel(LABELS[metric])
                 ax.set_xlabel("epoch")
@@ -195,8 +272,12 @@ def runtime_figure(ratios: pd.DataFrame, optimizers: Sequence[str], baseline: st
 
 
 def grid_figure(aggregated: pd.DataFrame, problems: Sequence[str], batch_sizes: Sequence[int],
-                optimizers: Sequence[str], metric: str = "train_loss", colors: dict[str, str] | None = None):
-    """``metric`` against epochs, rows problems, columns batch sizes (``aggregated`` grouped by batch_size)."""
+                optimizers: Sequence[str], metric: str = "train_loss", colors: dict[str, str] | None = None,
+                legacy: Collection[str] = ()):
+    """``metric`` against epochs, rows problems, columns batch sizes (``aggregated`` grouped by batch_size).
+
+    ``legacy``: the problems whose settings were chosen on the test set; their row labels say so.
+    """
     colors = colors or colors_for(optimizers)
     with _style() as plt:
         fig, axes = plt.subplots(len(problems), len(batch_sizes), squeeze=False, sharey=True,
@@ -210,7 +291,7 @@ def grid_figure(aggregated: pd.DataFrame, problems: Sequence[str], batch_sizes: 
                 if r == 0:
                     ax.set_title(f"batch size {batch_size}")
                 if c == 0:
-                    ax.set_ylabel(f"{problem}\n{LABELS.get(metric, metric)}")
+                    ax.set_ylabel(f"{_title(problem, legacy)}\n{LABELS.get(metric, metric)}")
                 ax.set_xlabel("epoch")
         _legend(fig, axes)
     return fig
@@ -218,7 +299,7 @@ def grid_figure(aggregated: pd.DataFrame, problems: Sequence[str], batch_sizes: 
 
 def sensitivity_figure(points: pd.DataFrame, problems: Sequence[str], curves: Sequence[str],
                        references: pd.DataFrame | None = None, metric: str = "test_accuracy",
-                       colors: dict[str, str] | None = None):
+                       colors: dict[str, str] | None = None, legacy: Collection[str] = ()):
     """Final ``metric`` against a hyperparameter on a log axis, one panel per problem.
 
     Args:
@@ -230,6 +311,7 @@ def sensitivity_figure(points: pd.DataFrame, problems: Sequence[str], curves: Se
             dashed horizontal line at its median.
         metric: the y label.
         colors: optimizer -> colour.
+        legacy: the problems whose reference settings were chosen on the test set; their titles say so.
     """
     names = [*curves, *([] if references is None else dict.fromkeys(references["optimizer"]))]
     colors = colors or colors_for(names)
@@ -257,7 +339,7 @@ def sensitivity_figure(points: pd.DataFrame, problems: Sequence[str], curves: Se
                     if not math.isnan(median):
                         ax.axhline(median, color=colors[name], linestyle="--", label=f"{name} (reference)")
             ax.set_xscale("log")
-            ax.set_title(problem)
+            ax.set_title(_title(problem, legacy))
             ax.set_xlabel(", ".join(dict.fromkeys(rows["hyperparameter"])) if "hyperparameter" in rows else "value")
             ax.set_ylabel(f"final {LABELS.get(metric, metric)}")
         _legend(fig, axes)
@@ -265,8 +347,11 @@ def sensitivity_figure(points: pd.DataFrame, problems: Sequence[str], curves: Se
 
 
 def optimizer_state_figure(aggregated: pd.DataFrame, problems: Sequence[str], optimizers: Sequence[str],
-                           colors: dict[str, str] | None = None):
-    """The estimated step size (top row) and top curvature (bottom row) per epoch; columns problems."""
+                           colors: dict[str, str] | None = None, legacy: Collection[str] = ()):
+    """The estimated step size (top row) and top curvature (bottom row) per epoch; columns problems.
+
+    ``legacy``: the problems whose settings were chosen on the test set; their titles say so.
+    """
     colors = colors or colors_for(optimizers)
     metrics = [m for m in ("step_size", "top_curvature") if (aggregated["metric"] == m).any()]
     with _style() as plt:
@@ -279,7 +364,7 @@ def optimizer_state_figure(aggregated: pd.DataFrame, problems: Sequence[str], op
                 _curves(ax, rows, optimizers, colors)
                 _log_if_positive(ax, rows["median"])
                 if r == 0:
-                    ax.set_title(problem)
+                    ax.set_title(_title(problem, legacy))
                 if c == 0:
                     ax.set_ylabel(LABELS[metric])
                 ax.set_xlabel("epoch")

@@ -1,31 +1,21 @@
 """Result files into tidy tables: one row per run, and one row per run x epoch x metric.
 
 :func:`load_results` reads every ``*.json`` under one or more directories (or
-single files): ours, DeepOBS 1.2's (the same keys, no status) and, as far as
-they go, DeepOBS 1.1's (flat ``optimizer``/``learning_rate``/``hyperparams``
-keys and no validation split). It never stops at a bad file: unreadable JSON,
-a JSON file that is not a run, or a run whose curves disagree with its
-metadata each become one line in :attr:`Results.problems_found`, naming the
-file, and everything readable is loaded. Runs that diverged, failed or were
-interrupted are kept with their status; a DeepOBS file, which has no status,
-is ``diverged`` if a loss is not finite and ``interrupted`` if its curves are
-shorter than its budget.
-
-Metrics (the ``metric`` column of :attr:`Results.curves`), per epoch:
-
-* ``train_loss``, ``valid_loss``, ``test_loss``, ``train_accuracy``,
-  ``valid_accuracy``, ``test_accuracy`` at epochs 0..N (epoch 0: before training);
-* ``epoch_wall_time``, ``epoch_cpu_time`` (seconds of training in that epoch,
-  evaluation excluded) and ``elapsed_wall_time`` (their running sum) at epochs 1..N;
-* for the preconditioners, ``step_size`` (of the first parameter group) and
-  ``top_curvature`` (the largest estimated curvature over the parameter tensors),
-  read from the optimizer's ``get_log()`` at the end of epochs 1..N.
+single files): ours, DeepOBS 1.2's and DeepOBS 1.1's (see :mod:`.records` and
+:mod:`.schema`). It never stops at a bad file: a file that cannot be read, is
+not JSON, is not a run or breaks the result schema becomes one line in
+:attr:`Results.problems_found`, naming the file and why, and is not counted;
+everything valid is loaded. Runs that diverged, failed or were interrupted are
+kept with their status, and runs stuck at their initial loss or at chance are
+flagged (``collapsed_at``, ``collapse_evidence``). Runs are grouped into settings
+with :mod:`.grouping` (numbers compared with a tolerance). The metrics are
+listed in :mod:`.metrics`.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,63 +23,18 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["CURVE_METRICS", "METRICS", "Results", "UnknownMetricError", "canonical_metric", "load_results",
-           "setting_key"]
+from ..errors import UserError
+from .grouping import assign_settings, plain_json
+from .metrics import CURVE_METRICS, METRICS, UnknownMetricError, canonical_metric
+from .records import NotARunError, read_run
 
-CURVE_METRICS = ("train_loss", "valid_loss", "test_loss", "train_accuracy", "valid_accuracy", "test_accuracy")
-"""The evaluation curves, DeepOBS's ``<split>_losses``/``<split>_accuracies`` in the singular."""
-METRICS = (*CURVE_METRICS, "epoch_wall_time", "epoch_cpu_time", "elapsed_wall_time", "step_size", "top_curvature")
-"""Every metric a :class:`Results` table can hold."""
+__all__ = ["CURVE_METRICS", "METRICS", "Results", "UnknownMetricError", "canonical_metric", "hyperparams_key",
+           "load_results"]
+
 RUN_COLUMNS = ["run_id", "path", "source", "problem", "optimizer", "setting", "hyperparams", "batch_size",
-               "num_epochs", "weight_decay", "seed", "status", "status_reason", "epochs_completed", "task",
-               "total_wall_time", "total_cpu_time", "started", "device", "environment"]
+               "num_epochs", "weight_decay", "seed", "status", "status_reason", "epochs_completed", "collapsed_at",
+               "collapse_evidence", "task", "total_wall_time", "total_cpu_time", "started", "device", "environment"]
 CURVE_COLUMNS = ["run_id", "problem", "optimizer", "setting", "seed", "status", "epoch", "metric", "value"]
-_IGNORED_TRAINING_PARAMS = {"train_log_interval"}
-_KNOWN_CURVE_KEYS = ("train_losses", "valid_losses", "test_losses", "train_accuracies", "valid_accuracies",
-                     "test_accuracies", "minibatch_train_losses")
-
-
-class UnknownMetricError(ValueError):
-    """A metric name that no result table knows."""
-
-
-def canonical_metric(name: str) -> str:
-    """``valid_accuracies`` (DeepOBS's key) or ``valid_accuracy`` -> ``valid_accuracy``; unknown names raise.
-
-    Example:
-        >>> canonical_metric("valid_accuracies"), canonical_metric("test_loss")
-        ('valid_accuracy', 'test_loss')
-    """
-    text = name.strip()
-    for plural, singular in (("_losses", "_loss"), ("_accuracies", "_accuracy"), ("_times", "_time")):
-        if text.endswith(plural):
-            text = text[: -len(plural)] + singular
-    if text not in METRICS:
-        raise UnknownMetricError(f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}")
-    return text
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in sorted(value.items())}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def setting_key(hyperparams: dict[str, Any], batch_size: Any = None, num_epochs: Any = None,
-                weight_decay: Any = None, training_params: dict[str, Any] | None = None) -> str:
-    """A readable, canonical name of one hyperparameter setting (what the seeds of one setting share).
-
-    Example:
-        >>> setting_key({"momentum": 0.9, "lr": 0.1}, 128, 10)
-        'lr=0.1, momentum=0.9 | batch_size=128, num_epochs=10'
-    """
-    hp = ", ".join(f"{k}={json.dumps(_plain(v), default=str)}" for k, v in sorted(hyperparams.items()))
-    budget = {"batch_size": batch_size, "num_epochs": num_epochs, "weight_decay": weight_decay,
-              **{k: v for k, v in (training_params or {}).items() if k not in _IGNORED_TRAINING_PARAMS}}
-    rest = ", ".join(f"{k}={json.dumps(_plain(v), default=str)}" for k, v in budget.items() if v is not None)
-    return f"{hp or 'defaults'} | {rest}" if rest else (hp or "defaults")
 
 
 @dataclass
@@ -162,169 +107,86 @@ class Results:
                 import pyarrow  # noqa: F401
             except ImportError:
                 continue
-            table.to_parquet(folder / f"{name}.parquet", index=False)
-            written.append(folder / f"{name}.parquet")
+            path = folder / f"{name}.parquet"
+            partial = folder / f".{name}.parquet.{os.getpid()}.tmp"
+            try:
+                table.to_parquet(partial, index=False)
+                partial.replace(path)
+            finally:
+                partial.unlink(missing_ok=True)
+            written.append(path)
         return written
 
 
 def hyperparams_key(hyperparams: dict[str, Any]) -> str:
     """A canonical JSON text of a hyperparameter dict (tuples as lists, keys sorted)."""
-    return json.dumps(_plain(hyperparams), sort_keys=True, default=str)
+    return json.dumps(plain_json(hyperparams), sort_keys=True, default=str)
 
 
-class _NotARun(ValueError):
-    """A JSON file that is not a run result."""
+def check_inputs(paths: Iterable[str | Path], what: str = "result") -> None:
+    """Every path exists (a folder or a file).
+
+    Raises:
+        UserError: the first missing path, named (nothing is read or written before).
+    """
+    for path in map(Path, paths):
+        if not path.exists():
+            raise UserError(f"{what} path {path}: no such file or directory")
 
 
-def _number(value: Any) -> float:
-    if value is None or isinstance(value, bool):
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _normalize(record: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """A DeepOBS 1.1 record in 1.2's keys; returns the record and its source."""
-    if "optimizer_name" in record:
-        return record, "probprec" if "status" in record else "deepobs-1.2"
-    if "optimizer" in record and "testproblem" in record:  # DeepOBS 1.1 (TensorFlow baselines)
-        hyperparams = dict(record.get("hyperparams") or {})
-        if "learning_rate" in record:
-            hyperparams["learning_rate"] = record["learning_rate"]
-        out = dict(record, optimizer_name=str(record["optimizer"]).replace("Optimizer", ""),
-                   optimizer_hyperparams=hyperparams)
-        out["training_params"] = {k: record[k] for k in ("lr_sched_epochs", "lr_sched_factors") if record.get(k)}
-        return out, "deepobs-1.1"
-    missing = [k for k in ("testproblem", "optimizer_name") if k not in record]
-    raise _NotARun(f"not a run result (missing key {missing[0]!r})")
-
-
-def _status(record: dict[str, Any], source: str, epochs_recorded: int) -> tuple[str, str | None]:
-    if source == "probprec":
-        return str(record.get("status")), record.get("status_reason")
-    losses = [_number(v) for k in ("train_losses", "test_losses") for v in record.get(k) or []]
-    if any(not math.isfinite(v) for v in losses):
-        return "diverged", "a recorded loss is not finite"
-    planned = record.get("num_epochs")
-    if isinstance(planned, int) and epochs_recorded < planned + 1:
-        return "interrupted", f"{epochs_recorded} of {planned + 1} evaluations recorded"
-    return "completed", None
-
-
-def _optimizer_series(logs: list[dict[str, Any]]) -> dict[str, list[float]]:
-    step_sizes, curvatures = [], []
-    for log in logs:
-        sizes = [s for s in log.get("step_sizes") or [] if s is not None]
-        step_sizes.append(_number(sizes[0]) if sizes else math.nan)
-        values = [_number(v) for tensor in log.get("eigenvalues") or [] for v in tensor]
-        values = [v for v in values if math.isfinite(v)]
-        curvatures.append(max(values) if values else math.nan)
-    series = {}
-    if any(math.isfinite(v) for v in step_sizes):
-        series["step_size"] = step_sizes
-    if any(math.isfinite(v) for v in curvatures):
-        series["top_curvature"] = curvatures
-    return series
-
-
-def _read_run(path: Path, run_id: str) -> tuple[dict[str, Any], list[tuple], list[str]]:
-    try:
-        record = json.loads(path.read_text())
-    except UnicodeDecodeError:
-        raise _NotARun("not a text file") from None
-    except json.JSONDecodeError as error:
-        raise _NotARun(f"corrupt JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
-    if not isinstance(record, dict):
-        raise _NotARun(f"not a run result (a JSON {type(record).__name__}, not an object)")
-    record, source = _normalize(record)
-    notes = [f"unknown metric {key!r} ignored (known: {', '.join(_KNOWN_CURVE_KEYS)})" for key in record
-             if key.endswith(("_losses", "_accuracies")) and key not in _KNOWN_CURVE_KEYS]
-    curves = {}
-    for split in ("train", "valid", "test"):
-        for kind, key in (("loss", f"{split}_losses"), ("accuracy", f"{split}_accuracies")):
-            values = record.get(key)
-            if values is None:
-                continue
-            if not isinstance(values, list):
-                raise _NotARun(f"{key} is not a list")
-            numbers = [_number(v) for v in values]
-            if kind == "accuracy" and numbers and all(not math.isfinite(v) for v in numbers):
-                continue  # problems without an accuracy
-            curves[f"{split}_{kind}"] = numbers
-    if "train_loss" not in curves and "test_loss" not in curves:
-        raise _NotARun("not a run result (no train_losses or test_losses)")
-    epochs_recorded = max(len(v) for v in curves.values())
-    status, reason = _status(record, source, epochs_recorded)
-    wall = [_number(v) for v in record.get("epoch_wall_times") or []]
-    timed = {"epoch_wall_time": wall, "epoch_cpu_time": [_number(v) for v in record.get("epoch_cpu_times") or []]}
-    if wall:
-        timed["elapsed_wall_time"] = list(pd.Series(wall).cumsum())
-    timed.update(_optimizer_series(record.get("optimizer_logs") or []))
-    hyperparams = dict(record.get("optimizer_hyperparams") or {})
-    training_params = dict(record.get("training_params") or {})
-    metadata = record.get("metadata") or {}
-    problem_info = record.get("problem") or {}
-    run = {
-        "run_id": run_id, "path": str(path), "source": source, "problem": str(record["testproblem"]),
-        "optimizer": str(record["optimizer_name"]),
-        "setting": setting_key(hyperparams, record.get("batch_size"), record.get("num_epochs"),
-                               record.get("weight_decay"), training_params),
-        "hyperparams": hyperparams, "batch_size": record.get("batch_size"), "num_epochs": record.get("num_epochs"),
-        "weight_decay": record.get("weight_decay"), "seed": record.get("random_seed"), "status": status,
-        "status_reason": reason, "epochs_completed": record.get("epochs_completed", epochs_recorded - 1),
-        "task": problem_info.get("metric"), "total_wall_time": _number(record.get("total_wall_time")),
-        "total_cpu_time": _number(record.get("total_cpu_time")), "started": metadata.get("started"),
-        "device": metadata.get("device"), "environment": metadata.get("environment") or {},
-    }
-    rows = []
-    for metric, values in curves.items():
-        rows += [(run_id, epoch, metric, v) for epoch, v in enumerate(values)]
-    for metric, values in timed.items():
-        rows += [(run_id, epoch, metric, v) for epoch, v in enumerate(values, start=1)]
-    return run, rows, notes
-
-
-def _files(paths: Iterable[str | Path], found: list[str]) -> list[tuple[Path, Path]]:
-    """(root, file) of every visible JSON file under the paths, sorted; missing paths are reported."""
+def _files(paths: list[Path]) -> list[tuple[Path, Path]]:
+    """(root, file) of every visible JSON file under the paths, sorted."""
     files = []
-    for root in map(Path, paths):
+    for root in paths:
         if root.is_file():
             files.append((root.parent, root))
-        elif root.is_dir():
-            for path in sorted(root.rglob("*.json")):
-                relative = path.relative_to(root)
-                if not any(part.startswith(".") for part in relative.parts):
-                    files.append((root, path))
-        else:
-            found.append(f"{root}: no such file or directory")
+            continue
+        for path in sorted(root.rglob("*.json")):
+            if not any(part.startswith(".") for part in path.relative_to(root).parts):
+                files.append((root, path))
     return files
 
 
+def _tables(runs: list[dict[str, Any]], rows: list[tuple]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The run and curve tables; runs of one problem and optimizer with the same identity share a setting."""
+    groups = [(run["problem"], run["optimizer"]) for run in runs]
+    names = assign_settings(groups, [run.pop("identity") for run in runs], [run["setting"] for run in runs])
+    for run, name in zip(runs, names, strict=True):
+        run["setting"] = name
+    run_table = pd.DataFrame(runs, columns=RUN_COLUMNS).astype({"collapsed_at": "Int64"})
+    curves = pd.DataFrame(rows, columns=["run_id", "epoch", "metric", "value"]).astype(
+        {"run_id": object, "epoch": int, "metric": object, "value": float})
+    keys = run_table[["run_id", "problem", "optimizer", "setting", "seed", "status"]]
+    return run_table, curves.merge(keys, on="run_id", how="left")[CURVE_COLUMNS]
+
+
 def load_results(paths: str | Path | Iterable[str | Path]) -> Results:
-    """Every run result under ``paths`` (directories are searched recursively; see the module docstring)."""
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    """Every run result under ``paths`` (directories are searched recursively; see the module docstring).
+
+    Raises:
+        UserError: a path does not exist.
+    """
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    check_inputs(paths)
     found: list[str] = []
     runs, rows = [], []
-    files = _files(paths, found)
+    files = _files(paths)
     for root, path in files:
         run_id = path.relative_to(root).as_posix() if len(paths) == 1 else path.as_posix()
         try:
-            run, run_rows, notes = _read_run(path, run_id)
-        except (_NotARun, OSError) as error:
+            run, run_rows, notes = read_run(path, run_id)
+        except NotARunError as error:
             found.append(f"{path}: {error}")
+            continue
+        except OSError as error:
+            found.append(f"{path}: cannot read it ({error.strerror or error})")
             continue
         found += [f"{path}: {note}" for note in notes]
         runs.append(run)
         rows += run_rows
-    if not files and not found:
+    if not files:
         found.append(f"{', '.join(map(str, paths))}: no result files (*.json) found")
-    elif files and not runs:
+    elif not runs:
         found.append(f"{', '.join(map(str, paths))}: none of the {len(files)} JSON files is a readable run result")
-    run_table = pd.DataFrame(runs, columns=RUN_COLUMNS)
-    curves = pd.DataFrame(rows, columns=["run_id", "epoch", "metric", "value"]).astype(
-        {"run_id": object, "epoch": int, "metric": object, "value": float})
-    keys = run_table[["run_id", "problem", "optimizer", "setting", "seed", "status"]]
-    curves = curves.merge(keys, on="run_id", how="left")[CURVE_COLUMNS]
+    run_table, curves = _tables(runs, rows)
     return Results(run_table, curves, found)

@@ -1,0 +1,127 @@
+"""When a run has collapsed: it learns nothing, stuck at its initial loss or at chance accuracy.
+
+One criterion, used by the analysis to flag runs (and meant for the runner, to stop
+such a run with a ``collapsed`` status). A run has collapsed at epoch ``e`` when, for
+:attr:`CollapseCriterion.epochs` consecutive evaluations ``e, e+1, ...`` after
+training began (epoch 0, before training, is the reference):
+
+* its **training loss stays at or returns to its initial level**: every value is at
+  least ``L0 - loss_tolerance * |L0|`` (default: within 1 % of the initial loss
+  ``L0``, or above it), and the window shows no progress: its last value is not
+  below its first (or below ``L0``, if the first is above it) by more than
+  ``progress_tolerance * |L0|`` (default 0.1 %); or
+* its **accuracy stays at chance**: every value is at most ``chance +
+  accuracy_margin`` (default 2 points), where chance is ``1 / classes`` when the
+  caller knows the classes, else the accuracy before training (a classifier at
+  initialisation is at chance), and the window gains no more than
+  ``accuracy_margin / 2``.
+
+A non-finite value is not evidence of a collapse (that is divergence). A run that
+learns slowly is not flagged: its loss leaves the initial level, or keeps falling
+within every window. With the defaults, DeepOBS's fmnist_2c2d runs at lr 1.58
+(SGD), 0.158 (Momentum) and 1.0 (Adam) are flagged at epoch 1; SGD at lr 1e-5,
+which falls by 0.6 % per epoch, is not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_CRITERION", "Collapse", "CollapseCriterion", "detect_collapse"]
+
+
+@dataclass(frozen=True)
+class CollapseCriterion:
+    """The thresholds of :func:`detect_collapse` (see the module docstring)."""
+
+    epochs: int = 3
+    """Consecutive evaluations (after epoch 0) the condition must hold for."""
+    loss_tolerance: float = 0.01
+    """How far below the initial training loss still counts as the initial level, relative to its size."""
+    progress_tolerance: float = 0.001
+    """The most the training loss may fall within the window, relative to the initial loss."""
+    accuracy_margin: float = 0.02
+    """How far above chance an accuracy still counts as chance (absolute)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
+        for name in ("loss_tolerance", "progress_tolerance", "accuracy_margin"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value < 1):
+                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+
+
+DEFAULT_CRITERION = CollapseCriterion()
+
+
+@dataclass(frozen=True)
+class Collapse:
+    """A collapse found by :func:`detect_collapse`."""
+
+    epoch: int
+    """The first epoch of the window in which the run learned nothing."""
+    evidence: str
+    """What was seen, in words (for the report and the result file)."""
+
+
+def _finite(values: Sequence[float]) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def _loss_window(losses: Sequence[float], start: int, criterion: CollapseCriterion) -> str | None:
+    initial, window = losses[0], losses[start:start + criterion.epochs]
+    level = initial - criterion.loss_tolerance * abs(initial)
+    start_level = min(window[0], initial)  # falling back from above the initial level is no progress
+    if all(v >= level for v in window) and window[-1] >= start_level - criterion.progress_tolerance * abs(initial):
+        return (f"training loss {min(window):.4g}-{max(window):.4g} over epochs {start}-{start + len(window) - 1}, "
+                f"initial {initial:.4g}")
+    return None
+
+
+def _accuracy_window(accuracies: Sequence[float], start: int, chance: float | None,
+                     criterion: CollapseCriterion) -> str | None:
+    level = chance if chance is not None else accuracies[0]
+    window = accuracies[start:start + criterion.epochs]
+    if max(window) <= level + criterion.accuracy_margin and max(window) - window[0] <= criterion.accuracy_margin / 2:
+        what = "chance" if chance is not None else "the accuracy before training"
+        return (f"training accuracy {min(window):.4g}-{max(window):.4g} over epochs {start}-"
+                f"{start + len(window) - 1}, {what} {level:.4g}")
+    return None
+
+
+def detect_collapse(train_losses: Sequence[float], train_accuracies: Sequence[float] | None = None,
+                    chance: float | None = None, criterion: CollapseCriterion = DEFAULT_CRITERION) -> Collapse | None:
+    """The first window in which a run learned nothing (see the module docstring), or None.
+
+    Args:
+        train_losses: the training loss at epochs 0, 1, ... (epoch 0 before training).
+        train_accuracies: the training accuracy at the same epochs (None: a problem without accuracy).
+        chance: the accuracy of guessing (``1 / classes``) if known; None: the accuracy at epoch 0.
+        criterion: the thresholds.
+
+    Returns:
+        The collapse (its first epoch and the evidence), or None if no window qualifies (also when the
+        curves are shorter than ``criterion.epochs + 1`` evaluations).
+
+    Example:
+        >>> detect_collapse([2.3, 2.31, 2.31, 2.31]).epoch
+        1
+        >>> detect_collapse([2.3, 2.2, 2.1, 2.0]) is None
+        True
+    """
+    accuracies = list(train_accuracies) if train_accuracies else []
+    for start in range(1, len(train_losses) - criterion.epochs + 1):
+        window = list(train_losses[:1]) + list(train_losses[start:start + criterion.epochs])
+        if _finite(window):
+            found = _loss_window(train_losses, start, criterion)
+            if found:
+                return Collapse(start, found)
+        end = start + criterion.epochs
+        if len(accuracies) >= end and _finite(accuracies[:1] + accuracies[start:end]):
+            found = _accuracy_window(accuracies, start, chance, criterion)
+            if found:
+                return Collapse(start, found)
+    return None

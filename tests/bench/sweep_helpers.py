@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -12,19 +11,16 @@ from pathlib import Path
 import torch
 
 from probprec.bench import sweep_cli
+from probprec.bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "sweeps"
 
 
 def sweep_main(argv: list[str]) -> int:
-    """``probprec sweep|tune ...`` without the main CLI (which wires sweep_cli in the same way)."""
-    parser = argparse.ArgumentParser(prog="probprec")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sweep_cli.add_commands(sub)
-    code = sweep_cli.dispatch(parser.parse_args(argv))
-    assert code is not None
-    return code
+    """``probprec sweep|tune ...`` through the main CLI (which reports bad input for every command)."""
+    assert argv[0] in sweep_cli.COMMANDS
+    return main(argv)
 
 
 def write_sweep(path: Path, text: str) -> Path:

@@ -23,7 +23,7 @@ def files_in(path):
     [
         (["run", "no_such_problem", "--optimizer", "SGD"], "unknown problem 'no_such_problem'"),
         (["run", "quadratic_deep", "--optimizer", "NoSuchOpt"], "unknown optimizer 'NoSuchOpt'"),
-        (["run", "quadratic_deep", "--optimizer", "SGD", "--hp", "lr=-1"], "Invalid learning rate"),
+        (["run", "quadratic_deep", "--optimizer", "SGD", "--hp", "lr=-1"], "lr must be a finite number >= 0, got -1"),
         (["run", "quadratic_deep", "--optimizer", "SGD", "--hp", "bogus=1"], "bogus"),
         (["run", "quadratic_deep", "--optimizer", "PreconditionedSGD", "--hp", "est_rank=0"], "est_rank"),
         (["run", "quadratic_deep", "--optimizer", "SGD", "--hp", "lr"], "must look like name=value"),

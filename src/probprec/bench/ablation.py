@@ -13,7 +13,6 @@ condition number of the preconditioned Hessian.
 from __future__ import annotations
 
 import statistics
-import tomllib
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -41,12 +40,13 @@ CONFIGURATIONS: list[tuple[str, dict[str, Any]]] = [
 
 def load_ablation(path: str | Path | None = None, scale: str = "smoke") -> dict[str, Any]:
     """Read the ablation configuration (``probprec/bench/experiments/ablation.toml`` by default) at ``scale``."""
+    from .sweeps import SweepError, read_toml
+
     path = Path(path) if path else DEFAULT_CONFIG
-    with open(path, "rb") as handle:
-        data = tomllib.load(handle)
+    data = read_toml(path, "ablation file")
     scales = [k for k, v in data.items() if isinstance(v, dict)]
     if scale not in scales:
-        raise ValueError(f"scale must be one of {', '.join(scales)}, got {scale!r}")
+        raise SweepError(f"{path}: --scale must be one of {', '.join(scales)}, got {scale!r}")
     section = data[scale]
     return {"optimizer": data.get("optimizer", "PreconditionedSGD"), "seeds": data.get("seeds", [42, 43, 44]),
             "problems": section["problems"], "epochs": section.get("epochs", {}),

@@ -1,18 +1,23 @@
 """The ``probprec`` command line (``probprec --help`` lists the commands).
 
-Bad input exits with status 2 and one line on standard error, before any file is
-written. ``run`` exits 0 when the run completed, diverged (a result like any
+Bad input and a hostile environment (an unreadable file, a full disk, a missing GPU)
+exit with status 2 and one line on standard error, before any file is written where
+they can be detected up front: :func:`main` catches :class:`~probprec.bench.errors.UserError`
+and ``OSError`` once, for every command; any other exception is a bug and keeps its
+traceback. ``run`` exits 0 when the run completed, diverged (a result like any
 other) or was skipped, 1 when it failed, and 130 when it was interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from . import sweep_cli
 from .argtypes import int_at_least
+from .errors import ConfigError, UserError, describe_os_error
 
 __all__ = ["main"]
 
@@ -167,20 +172,18 @@ def _list() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from .optimizers import parse_hyperparameters
-    from .runner import ConfigError, RunConfig, run
+    from .runner import RunConfig, run
+    from .threads import threads_per_process, using_threads
 
-    try:
-        hyperparams = parse_hyperparameters(args.hp)
-        config = RunConfig(
-            args.problem, args.optimizer, hyperparams, seed=args.seed, epochs=args.epochs,
-            batch_size=args.batch_size, l2=args.l2, restart=args.restart, data_dir=args.data_dir,
-            download=args.download, output_dir=args.output_dir, force=args.force, device=args.device,
-            progress=not args.no_progress,
-        )
+    hyperparams = parse_hyperparameters(args.hp)
+    config = RunConfig(
+        args.problem, args.optimizer, hyperparams, seed=args.seed, epochs=args.epochs,
+        batch_size=args.batch_size, l2=args.l2, restart=args.restart, data_dir=args.data_dir,
+        download=args.download, output_dir=args.output_dir, force=args.force, device=args.device,
+        progress=not args.no_progress,
+    )
+    with using_threads(threads_per_process()):
         result = run(config)
-    except (ConfigError, ValueError) as error:
-        print(f"probprec: error: {error}", file=sys.stderr)
-        return 2
     record = result.record
     line = (f"{result.status}: {record.get('testproblem')} {record.get('optimizer_name')} "
             f"seed {record.get('random_seed')}")
@@ -197,19 +200,12 @@ def _run(args: argparse.Namespace) -> int:
 def _benchmark(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark
     from .problems import EMBEDDED
-    from .runner import ConfigError
 
     unknown = [p for p in args.problems or [] if p not in EMBEDDED]
     if unknown:
-        print(f"probprec: error: not an embedded problem: {', '.join(unknown)} (embedded: {', '.join(EMBEDDED)})",
-              file=sys.stderr)
-        return 2
-    try:
-        results = run_benchmark(args.output_dir, args.problems, args.optimizers, args.seeds, args.quick,
-                                args.force, progress=not args.no_progress)
-    except ConfigError as error:
-        print(f"probprec: error: {error}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"not an embedded problem: {', '.join(unknown)} (embedded: {', '.join(EMBEDDED)})")
+    results = run_benchmark(args.output_dir, args.problems, args.optimizers, args.seeds, args.quick, args.force,
+                            progress=not args.no_progress)
     if any(r.status == "interrupted" for r in results):
         return 130
     return 1 if any(r.status == "failed" for r in results) else 0
@@ -217,14 +213,9 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 def _ablation(args: argparse.Namespace) -> int:
     from .ablation import run_ablation
-    from .runner import ConfigError
 
-    try:
-        run_ablation(args.output_dir, args.scale, args.config, args.seeds, args.data_dir, args.device,
-                     progress=not args.no_progress)
-    except (ConfigError, ValueError, OSError) as error:
-        print(f"probprec: error: {error}", file=sys.stderr)
-        return 2
+    run_ablation(args.output_dir, args.scale, args.config, args.seeds, args.data_dir, args.device,
+                 progress=not args.no_progress)
     return 0
 
 
@@ -252,58 +243,80 @@ def _report(args: argparse.Namespace) -> int:
 
 def _experiment(args: argparse.Namespace) -> int:
     from .experiment import run_experiment
-    from .runner import ConfigError
-    from .sweeps import SweepError
 
-    try:
-        result = run_experiment(args.name, args.scale, args.output_dir, args.data_dir, args.device, args.executor,
-                                args.workers, args.report_only, slurm=sweep_cli.slurm_options(args))
-    except (SweepError, ConfigError, ValueError) as error:
-        print(f"probprec: error: {error}", file=sys.stderr)
-        return 2
+    result = run_experiment(args.name, args.scale, args.output_dir, args.data_dir, args.device, args.executor,
+                            args.workers, args.report_only, slurm=sweep_cli.slurm_options(args))
     return 0 if result.sweep is None else result.sweep.exit_code
 
 
 def _runtime(args: argparse.Namespace) -> int:
     from .experiment import run_runtime
-    from .runner import ConfigError
 
     try:
         run_runtime(args.problem, args.optimizers, args.repetitions, args.epochs, args.batch_size, args.output_dir,
                     args.data_dir, args.device)
-    except ConfigError as error:
-        print(f"probprec: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the command line and run the chosen command; returns the exit status."""
-    args = _build_parser().parse_args(argv)
-    code = sweep_cli.dispatch(args)
-    if code is not None:
-        return code
-    if args.command == "list":
-        _list()
-        return 0
-    if args.command == "run":
-        return _run(args)
-    if args.command == "benchmark":
-        return _benchmark(args)
-    if args.command == "ablation":
-        return _ablation(args)
-    if args.command == "report":
-        return _report(args)
-    if args.command == "experiment":
-        return _experiment(args)
-    if args.command == "runtime":
-        return _runtime(args)
-    from .demo import run_demo
+def _list_command(args: argparse.Namespace) -> int:
+    _list()
+    return 0
 
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .results import ensure_writable_folder
+
+    ensure_writable_folder(args.output_dir)  # before training, not after
     run_demo(args.epochs, args.batch_size, args.seed, args.output_dir)
     return 0
+
+
+COMMANDS = {"list": _list_command, "run": _run, "benchmark": _benchmark, "ablation": _ablation, "report": _report,
+            "experiment": _experiment, "runtime": _runtime, "demo": _demo}
+"""The handler of each command except ``sweep`` and ``tune`` (:mod:`.sweep_cli`)."""
+
+
+def _check_local_device(args: argparse.Namespace) -> None:
+    """``--device`` of a command that trains in this process or its workers (Slurm nodes check their own)."""
+    if getattr(args, "device", None) is not None and getattr(args, "executor", "local") == "local":
+        from .devices import resolve_device
+
+        resolve_device(args.device)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    _check_local_device(args)
+    code = sweep_cli.dispatch(args)
+    return code if code is not None else COMMANDS[args.command](args)
+
+
+def _error(message: str) -> int:
+    print(f"probprec: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run the chosen command; returns the exit status.
+
+    Bad input and a hostile environment (:class:`~probprec.bench.errors.UserError`, ``OSError``) are reported in
+    one line on standard error with status 2, whichever command met them.
+    """
+    args = _build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except UserError as error:
+        return _error(str(error))
+    except BrokenPipeError as error:
+        if error.filename is not None:
+            return _error(describe_os_error(error))
+        # the reader of our output left (`probprec list | head`): nothing more may go to it, not even at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _error("standard output: Broken pipe")
+    except OSError as error:
+        return _error(describe_os_error(error))
 
 
 if __name__ == "__main__":

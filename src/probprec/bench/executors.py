@@ -31,8 +31,6 @@ other schedulers instead.
 
 from __future__ import annotations
 
-import ast
-import math
 import multiprocessing
 import os
 import shlex
@@ -50,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import DataMissingError
+from .hyperparams import hyperparameter_argument
 from .locks import LockHeldError, holding, sweep_lock_path
 from .problems import get_problem
 from .results import existing_results
@@ -752,38 +751,6 @@ def run_sweep(spec: SweepSpec, output_dir: str | Path, *, executor: str = "local
 
 # ---------------------------------------------------------------------------------------------------------------
 # Commands for other schedulers
-
-
-def hyperparameter_argument(key: str, value: Any) -> str:
-    """``key=value`` such that :func:`probprec.bench.optimizers.parse_hyperparameters` reads ``value`` back.
-
-    Example:
-        >>> [hyperparameter_argument(k, v) for k, v in [("nesterov", False), ("lr", 0.1), ("mode", "thesis"),
-        ...                                             ("name", "True")]]
-        ['nesterov=False', 'lr=0.1', 'mode=thesis', "name='True'"]
-    """
-    if isinstance(value, float) and math.isinf(value):
-        text = "1e999" if value > 0 else "-1e999"
-    elif isinstance(value, float) and math.isnan(value):
-        raise ConfigError(f"hyperparameter {key} is nan, which a command line cannot carry")
-    elif isinstance(value, str):
-        text = value if _reads_back_as_text(value) else repr(value)
-    else:
-        text = repr(value)
-        if ast.literal_eval(text) != value:
-            raise ConfigError(f"hyperparameter {key}={value!r} cannot be written on a command line")
-    return f"{key}={text}"
-
-
-def _reads_back_as_text(value: str) -> bool:
-    """Whether ``parse_hyperparameters`` leaves ``value`` as this very string."""
-    if value != value.strip() or not value:
-        return False
-    try:
-        ast.literal_eval(value)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return True
-    return False
 
 
 def run_command(config: RunConfig, program: str = "probprec") -> str:

@@ -15,7 +15,6 @@ default can be overridden.
 
 from __future__ import annotations
 
-import ast
 import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from typing import Any
 import torch
 
 import probprec
+
+from .hyperparams import check_hyperparameters, parse_hyperparameters
 
 __all__ = ["OPTIMIZERS", "OptimizerSpec", "UnknownOptimizerError", "get_optimizer", "parse_hyperparameters"]
 
@@ -57,6 +58,7 @@ class OptimizerSpec:
 
     def build(self, params: Iterable[Any], hyperparameters: dict[str, Any]) -> torch.optim.Optimizer:
         """Construct the optimizer; a bad hyperparameter raises ValueError naming it."""
+        check_hyperparameters(self.factory, hyperparameters)
         try:
             return self.factory(params, **hyperparameters)
         except TypeError as error:
@@ -131,23 +133,3 @@ def get_optimizer(name: str) -> OptimizerSpec:
         f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}, "
         "or a torch.optim class by its path (e.g. torch.optim.RMSprop)"
     )
-
-
-def parse_hyperparameters(pairs: Iterable[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings; values are Python literals (``0.1``, ``True``, ``(0.9, 0.999)``) or strings.
-
-    Example:
-        >>> parse_hyperparameters(["lr=0.1", "nesterov=True", "betas=(0.9, 0.99)", "name=x"])
-        {'lr': 0.1, 'nesterov': True, 'betas': (0.9, 0.99), 'name': 'x'}
-    """
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise ValueError(f"hyperparameter {pair!r} must look like name=value")
-        try:
-            out[key] = ast.literal_eval(text.strip())
-        except (ValueError, SyntaxError):
-            out[key] = text.strip()
-    return out

@@ -13,23 +13,39 @@ them, plus ours: ``status`` and its reason, step and epoch, per-epoch timing,
 environment metadata and the optimizer's logs. Non-finite numbers are written as
 ``null``; files are written to a temporary name and renamed, so a reader never
 sees half a file.
+
+Folder names: every key and value is rendered as DeepOBS renders it
+(:func:`format_value`) and kept as it is when it is *plain*: letters, digits,
+``+-.,=()[]'``, spaces and single inner underscores, so existing folders stay
+valid. Any other text (a ``/``, ``__``, ``%``, a
+leading or trailing underscore, control characters, any non-ASCII character) is
+percent-encoded (UTF-8, ``_`` as ``%5F``), which keeps the name one path
+component (no ``/``; a name that starts with ``num_epochs`` is never ``..``) and
+splittable at ``__``; :func:`parse_settings_folder` reverses it.
+A name longer than a file name may be (:data:`NAME_MAX` bytes) is refused.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import string
 import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
+
+from .atomic import atomic_writer
+from .errors import ConfigError
 
 __all__ = [
     "SCHEMA_VERSION",
     "dump_strict",
+    "ensure_writable_folder",
     "existing_results",
     "format_value",
+    "parse_settings_folder",
     "result_path",
     "settings_folder",
     "write_json_atomic",
@@ -37,6 +53,13 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 STATUSES = ("completed", "diverged", "interrupted", "failed")
+SEPARATOR = "__"
+"""Between the keys and values of a settings folder name (DeepOBS's)."""
+NAME_MAX = 255
+"""The longest file name, in bytes, that common file systems allow (Linux, macOS, Windows)."""
+_PLAIN_PUNCTUATION = "+-.,=()[]' "
+"""Kept as they are in folder names besides letters, digits and single inner underscores."""
+_PLAIN = frozenset(string.ascii_letters + string.digits + _PLAIN_PUNCTUATION + "_")
 
 
 def format_value(value: Any) -> str:
@@ -48,23 +71,67 @@ def format_value(value: Any) -> str:
     """
     if isinstance(value, bool) or value is None:
         return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # inf, -inf, nan
     if isinstance(value, float):
         mantissa, exponent = f"{value:.10e}".split("e")
         return f"{mantissa.rstrip('0')}e{exponent}"
     return str(value)
 
 
+def _is_plain(text: str) -> bool:
+    return set(text) <= _PLAIN and SEPARATOR not in text and not text.startswith("_") and not text.endswith("_")
+
+
+def encode_part(text: str) -> str:
+    """A key or rendered value as it appears in a folder name: plain text as it is, any other percent-encoded.
+
+    Example:
+        >>> encode_part("1.e-02"), encode_part("[0.9, 0.999]"), encode_part("a/b"), encode_part("x__y")
+        ('1.e-02', '[0.9, 0.999]', 'a%2Fb', 'x%5F%5Fy')
+    """
+    if _is_plain(text):
+        return text
+    return quote(text, safe=_PLAIN_PUNCTUATION, errors="surrogatepass").replace("_", "%5F").replace("~", "%7E")
+
+
 def settings_folder(num_epochs: int, batch_size: int, weight_decay: float | None, hyperparams: dict[str, Any],
                     training_params: dict[str, Any] | None = None) -> str:
-    """The folder name of one setting: epochs, batch size, weight decay and hyperparameters sorted by name."""
-    parts = ["num_epochs", format_value(num_epochs), "batch_size", format_value(batch_size)]
+    """The folder name of one setting: epochs, batch size, weight decay and hyperparameters sorted by name.
+
+    Raises:
+        ConfigError: the name would be longer than :data:`NAME_MAX` bytes (naming the longest value).
+    """
+    pairs = [("num_epochs", num_epochs), ("batch_size", batch_size)]
     if weight_decay is not None:
-        parts += ["weight_decay", format_value(weight_decay)]
-    for key in sorted(hyperparams):
-        parts += [key, format_value(hyperparams[key])]
-    for key in sorted(training_params or {}):
-        parts += [key, format_value(training_params[key])]  # type: ignore[index]
-    return "__".join(parts)
+        pairs.append(("weight_decay", weight_decay))
+    pairs += [(key, hyperparams[key]) for key in sorted(hyperparams)]
+    pairs += [(key, training_params[key]) for key in sorted(training_params or {})]  # type: ignore[index]
+    parts = [(encode_part(str(key)), encode_part(format_value(value))) for key, value in pairs]
+    name = SEPARATOR.join(part for pair in parts for part in pair)
+    if len(name.encode()) > NAME_MAX:
+        key, text = max(parts, key=lambda pair: len(pair[1]))
+        raise ConfigError(f"the settings folder name would be {len(name.encode())} bytes, more than the {NAME_MAX} "
+                          f"a file name may have; shorten the values (the longest: {unquote(key)}, "
+                          f"{len(text)} characters in the name)")
+    return name
+
+
+def parse_settings_folder(name: str) -> list[tuple[str, str]]:
+    """The (key, rendered value) pairs of a settings folder name: the inverse of :func:`settings_folder`.
+
+    Raises:
+        ValueError: ``name`` is not a settings folder name (an odd number of parts).
+
+    Example:
+        >>> parse_settings_folder("num_epochs__1__batch_size__32__tag__a%2Fb")
+        [('num_epochs', '1'), ('batch_size', '32'), ('tag', 'a/b')]
+    """
+    parts = name.split(SEPARATOR)
+    if len(parts) % 2:
+        raise ValueError(f"{name!r} is not a settings folder name (keys and values alternate, separated by __)")
+    decoded = [unquote(part, errors="surrogatepass") for part in parts]
+    return list(zip(decoded[::2], decoded[1::2], strict=True))
 
 
 def result_path(output_dir: str | Path, problem: str, optimizer: str, folder: str, seed: int,
@@ -107,15 +174,21 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``text`` to ``path`` atomically, with the permissions the umask gives (:mod:`.atomic`)."""
+    with atomic_writer(path) as handle:
+        handle.write(text)
+
+
+def ensure_writable_folder(directory: str | Path) -> None:
+    """Create ``directory`` if needed and check that files can be created in it.
+
+    Raises:
+        ConfigError: naming the folder and the system's reason.
+    """
+    directory = Path(directory)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probprec-write-test-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"output directory {directory} is not writable: {error.strerror or error}") from None

@@ -37,13 +37,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import DataMissingError
+from .devices import resolve_device
 from .environment import environment
+from .errors import ConfigError
 from .locks import holding, run_lock_path
 from .optimizers import get_optimizer
 from .pause import pause_if_asked
 from .problems import get_problem
 from .results import (
     SCHEMA_VERSION,
+    ensure_writable_folder,
     existing_results,
     result_path,
     settings_folder,
@@ -53,10 +56,6 @@ from .results import (
 __all__ = ["ConfigError", "RunConfig", "RunResult", "finished_result", "is_finished", "run", "run_folder"]
 
 RESTART_POLICIES = ("default", "epoch", "optimizer", "never")
-
-
-class ConfigError(ValueError):
-    """A run cannot start: bad input (unknown name, invalid value, missing data, unwritable output)."""
 
 
 @dataclass
@@ -113,15 +112,6 @@ def _restart_every(config: RunConfig, default: int) -> int | str:
     if isinstance(restart, int) and not isinstance(restart, bool) and restart >= 1:
         return restart
     raise ConfigError(f"restart must be one of {', '.join(RESTART_POLICIES)} or an integer >= 1, got {restart!r}")
-
-
-def _check_writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probprec-write-test-"):
-            pass
-    except OSError as error:
-        raise ConfigError(f"output directory {directory} is not writable: {error.strerror or error}") from None
 
 
 @contextmanager
@@ -268,11 +258,7 @@ def is_finished(config: RunConfig) -> bool:
 def _prepare(config: RunConfig):
     """Validate the configuration and build everything; raises ConfigError on bad input."""
     problem, spec, hyperparams, epochs, batch_size, restart, folder = _settings(config)
-    try:
-        device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
-                              ("cpu" if config.device == "auto" else config.device))
-    except RuntimeError as error:
-        raise ConfigError(f"device {config.device!r} is not valid: {error}") from None
+    device = resolve_device(config.device)
     try:
         splits = problem.splits(config.data_dir, download=config.download)
     except DataMissingError as error:
@@ -285,7 +271,7 @@ def _prepare(config: RunConfig):
         optimizer = spec.build(problem.param_groups(model), hyperparams)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"invalid hyperparameters for {spec.name}: {error}") from None
-    _check_writable(Path(config.output_dir))
+    ensure_writable_folder(config.output_dir)
     return problem, spec, hyperparams, epochs, batch_size, restart, device, splits, model, optimizer, folder
 
 

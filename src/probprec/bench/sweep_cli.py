@@ -133,14 +133,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
     """Run ``sweep`` or ``tune``; None if ``args.command`` is another command."""
     if args.command not in COMMANDS:
         return None
-    from .runner import ConfigError
-    from .sweeps import SweepError
-
-    try:
+    try:  # bad input (UserError) is reported by probprec.bench.cli.main, as for every command
         return _sweep(args) if args.command == "sweep" else _tune(args)
-    except (SweepError, ConfigError) as error:
-        print(f"probprec: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("probprec: interrupted; the same command resumes", file=sys.stderr)
         return 130

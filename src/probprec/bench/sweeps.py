@@ -47,11 +47,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import UserError, os_user_error
 from .optimizers import get_optimizer
 from .problems import PROBLEMS
 from .runner import RESTART_POLICIES, RunConfig
 
-__all__ = ["DISTRIBUTIONS", "SweepError", "SweepRun", "SweepSpec", "expand", "load_sweep", "settings"]
+__all__ = ["DISTRIBUTIONS", "SweepError", "SweepRun", "SweepSpec", "expand", "load_sweep", "read_toml", "settings"]
 
 TOP_KEYS = {"name", "description", "report"}
 SCALE_KEYS = {"problems", "optimizers", "seeds", "epochs", "batch_size", "l2", "restart", "data", "trials",
@@ -63,7 +64,7 @@ DEFAULT_SEARCH_SEED = 42
 SIGNIFICANT_DIGITS = 6
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """A sweep file is invalid; the message names the key."""
 
 
@@ -243,14 +244,32 @@ def _check_builds(spec: SweepSpec, where: str) -> None:
                                 f"{entry['name']} with {shown} on {problem}: {error}") from None
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_toml(path: str | Path, kind: str = "sweep file") -> dict[str, Any]:
+    """The tables of a TOML file that the user named.
+
+    Args:
+        path: the file.
+        kind: what the file is, for the messages (``"sweep file"``, ``"ablation file"``).
+
+    Raises:
+        SweepError: the file is missing, not a file, unreadable, not UTF-8 or not TOML (naming it and where).
+    """
     try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
+        data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise SweepError(f"{path}: no such sweep file") from None
+        raise SweepError(f"{path}: no such {kind}") from None
     except IsADirectoryError:
-        raise SweepError(f"{path}: is a directory, not a sweep file") from None
+        raise SweepError(f"{path}: is a directory, not a {kind}") from None
+    except OSError as error:
+        raise SweepError(str(os_user_error(error, path, "read"))) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise SweepError(f"{path}: not valid UTF-8 at byte {error.start} (line {line}); a {kind} is UTF-8 text") \
+            from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise SweepError(f"{path}: not valid TOML: {error}") from None
 
@@ -262,7 +281,7 @@ def load_sweep(path: str | Path, scale: str) -> SweepSpec:
         SweepError: naming the offending key, before anything runs.
     """
     path = Path(path)
-    data = _read(path)
+    data = read_toml(path)
     scales = [k for k, v in data.items() if k not in TOP_KEYS and isinstance(v, dict)]
     _check_keys({k: v for k, v in data.items() if not (isinstance(v, dict) and k not in TOP_KEYS)}, TOP_KEYS,
                 str(path))

@@ -192,3 +192,52 @@ def test_tables_export_to_csv_and_to_parquet_when_pyarrow_is_installed(tmp_path,
     monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)  # as if pyarrow were not installed
     written = {p.name for p in results.to_files(tmp_path / "out2")}
     assert written == {"runs.csv", "curves.csv"}
+
+
+@pytest.mark.parametrize("first,second,same", [
+    ({"lr": 0.1}, {"lr": 0.1 + 1e-17}, True),  # one ulp apart: one setting
+    ({"lr": 0.0002511886431509582}, {"lr": 0.00025118864315}, True),  # DeepOBS's tuning run and its reruns
+    ({"lr": 1}, {"lr": 1.0}, True),
+    ({"betas": [0.9, 0.999]}, {"betas": [0.9, 0.9990000000000001]}, True),
+    ({"lr": 0.1}, {"lr": 0.1001}, False),
+    ({"nesterov": True}, {"nesterov": 1}, False),
+    ({"lr": 0.1}, {"lr": 0.1, "momentum": 0.0}, False),
+])
+def test_settings_compare_numbers_with_a_tolerance(tmp_path, first, second, same):
+    for seed, hyperparams in ((42, first), (43, second)):
+        write_deepobs_run(tmp_path / str(seed), "quadratic_deep", "SGD", hyperparams, seed, train_losses=[2.0, 1.0],
+                          valid_losses=[2.0, 1.0], test_losses=[2.0, 1.0])
+    runs = load_results(tmp_path).runs
+    assert (runs["setting"].nunique() == 1) == same
+    if same:  # named by the shorter text
+        assert runs["setting"].iloc[0] == min((s for s in runs["setting"]), key=len)
+
+
+def test_nothing_is_chosen_by_name_when_no_setting_has_a_score(tmp_path):
+    nan = float("nan")
+    for lr in (0.5, 1.0):
+        write_deepobs_run(tmp_path, "quadratic_deep", "SGD", {"lr": lr}, 42, train_losses=[2.0, nan],
+                          valid_losses=[2.0, nan], test_losses=[2.0, nan])
+    write_deepobs_run(tmp_path, "quadratic_deep", "Adam", {"lr": 0.1}, 42, train_losses=[2.0, nan],
+                      valid_losses=[2.0, nan], test_losses=[2.0, nan])
+    chosen, candidates = select_settings(load_results(tmp_path), return_candidates=True)
+    assert list(chosen["optimizer"]) == ["Adam"]  # its only setting, shown although it diverged
+    assert chosen["how_chosen"].iloc[0] == "the only setting (no choice made)"
+    assert len(candidates) == 3
+    assert chosen.attrs["notes"] == ["quadratic_deep/SGD: no setting has a finished valid_loss on every seed without "
+                                     "diverging: none of 2 settings chosen"]
+
+
+def test_settings_are_compared_on_their_shared_seeds(tmp_path):
+    # lr 0.1 was rerun with seeds 43, 44 (worse); on seed 42, which both have, it beats lr 0.3
+    for seed, valid in ((42, 0.9), (43, 0.6), (44, 0.6)):
+        accuracy_run(tmp_path, "SGD", 0.1, seed, valid, valid)
+    accuracy_run(tmp_path, "SGD", 0.3, 42, 0.85, 0.85)
+    chosen = select_settings(load_results(tmp_path))
+    assert chosen["hyperparams"].iloc[0] == {"lr": 0.1} and chosen["score"].iloc[0] == pytest.approx(0.9)
+    assert "seed 42, the seeds all 2 settings share" in chosen["how_chosen"].iloc[0]
+    only_45 = accuracy_run(tmp_path, "SGD", 0.3, 45, 0.85, 0.85)
+    next(only_45.parent.glob("random_seed__42__*.json")).unlink()  # now no seed is shared: each setting's mean
+    chosen = select_settings(load_results(tmp_path))
+    assert chosen["hyperparams"].iloc[0] == {"lr": 0.3}
+    assert "the settings share no seed" in chosen["how_chosen"].iloc[0]

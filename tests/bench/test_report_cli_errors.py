@@ -50,3 +50,13 @@ def test_an_unwritable_report_folder_is_one_line_naming_it(tmp_path, results_dir
     assert str(target) in line and "--out" in line
     assert blocker.read_text() == "not a folder"
     assert _tree(results_dir) == inputs  # the inputs untouched, no default report folder either
+
+
+def test_a_write_that_fails_inside_the_report_folder_is_one_line(tmp_path, results_dir, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "figures").write_text("a file where the figures folder goes")
+    assert main(["report", str(results_dir), "--out", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(out) in line and "figures" in line
+    assert not (out / "report.md").exists() and not (out / "report.html").exists()

@@ -20,7 +20,7 @@ from analysis_helpers import probprec_record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probprec.bench.analysis import ReportOptions, analyse, load_results, write_report
+from probprec.bench.analysis import ReportOptions, analyse, write_report
 from probprec.bench.cli import main
 
 CURVES = ("train_losses", "valid_losses", "test_losses", "train_accuracies", "valid_accuracies", "test_accuracies")

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from . import sweep_cli
+from .analysis.metrics import SELECTION_METRICS
 from .argtypes import int_at_least
 from .errors import ConfigError, UserError, describe_os_error
 
@@ -93,9 +94,10 @@ def _build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     report = sub.add_parser("report", help="an HTML and Markdown report (tables, figures) from result files",
-                            description="Load every result file under RESULTS_DIR (ours or DeepOBS 1.2/1.1), choose "
-                                        "each optimizer's setting on validation, and write report.html, report.md, "
-                                        "figures/ and tables/ to --out.")
+                            description="Load every result file under RESULTS_DIR (ours or DeepOBS 1.2/1.1; files "
+                                        "that break the result schema are named and left out), choose each "
+                                        "optimizer's setting on validation (the rule and every choice stated), and "
+                                        "write report.html, report.md, figures/ and tables/ to --out.")
     report.add_argument("results", nargs="+", metavar="RESULTS_DIR", help="result directories (or files)")
     report.add_argument("--out", help="where the report goes (default: RESULTS_DIR/report)")
     report.add_argument("--problems", nargs="+", metavar="PROBLEM", help="problems to report, in this order")
@@ -104,8 +106,12 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="baseline result directories, drawn dashed in the performance figure")
     report.add_argument("--mode", choices=["final", "best"], default="final",
                         help="select on the final epoch or the best epoch (default %(default)s)")
-    report.add_argument("--metric", help="selection metric: valid_loss or valid_accuracy (default: validation "
-                                         "accuracy where the problem has one, else validation loss)")
+    report.add_argument("--metric", help="selection metric: " + ", ".join(SELECTION_METRICS) + " (DeepOBS's "
+                        "plural keys too; default: validation accuracy where the problem has one, else validation "
+                        "loss); test_accuracy and test_loss choose only with --legacy-test-selection")
+    report.add_argument("--legacy-test-selection", action="store_true",
+                        help="where the files have no validation curves (DeepOBS 1.1), choose settings on the test "
+                             "metric as DeepOBS did then; every such table and figure says so")
     report.add_argument("--spread", choices=["quartiles", "std"], default="quartiles",
                         help="median with quartiles, or mean with standard deviation (default %(default)s)")
     report.add_argument("--baseline", default="SGD", help="runtimes are relative to it (default %(default)s)")
@@ -223,22 +229,24 @@ def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .analysis import ReportOptions, UnknownMetricError, write_report
+    from .analysis.report import ReportFolderError
 
     out = args.out or str(Path(args.results[0]) / "report")
     options = ReportOptions(title=args.title, problems=args.problems, optimizers=args.optimizers,
                             mode=args.mode, metric=args.metric, reference=args.reference, baseline=args.baseline,
-                            spread=args.spread)
+                            spread=args.spread, legacy_test_selection=args.legacy_test_selection)
     try:
         report = write_report(args.results, out, options)
+    except ReportFolderError as error:
+        raise UserError(f"--out {error.folder}: {error.reason}") from None
     except (UnknownMetricError, ValueError) as error:
         print(f"probprec: error: {error}", file=sys.stderr)
         return 2
-    for line in report.problems_found:
+    for line in report.problems_found + report.notes:
         print(f"probprec: warning: {line}", file=sys.stderr)
-    runs = len(report.summary)
     print(f"wrote {report.html}, {report.markdown}, {len(report.figures)} figure files and {len(report.tables)} "
           f"tables in {out}")
-    return 0 if runs else 1
+    return 0 if report.runs else 1
 
 
 def _experiment(args: argparse.Namespace) -> int:

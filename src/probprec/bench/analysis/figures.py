@@ -80,16 +80,21 @@ class FigureSummary:
     """Every title, axis label, legend entry and figure text."""
     y_limits: dict[str, tuple[float, float]]
     """Axis label (see ``Axes.get_label``) -> the y range shown, for labelled axes."""
+    bands: int
+    """Filled spread bands (one per curve with more than one seed)."""
 
 
 def summarize(fig) -> FigureSummary:
     """The :class:`FigureSummary` of a figure."""
+    from matplotlib.collections import PolyCollection
+
     lines = [(line.get_label(), line.get_linestyle()) for ax in fig.axes for line in ax.get_lines()
              if not line.get_label().startswith("_")]
     texts = [t.get_text() for t in fig.findobj(match=lambda artist: hasattr(artist, "get_text")) if t.get_text()]
     limits = {ax.get_label(): tuple(float(v) for v in ax.get_ylim()) for ax in fig.axes
               if ax.get_label() and ax.axison}
-    return FigureSummary(len(lines), lines, texts, limits)
+    bands = sum(1 for ax in fig.axes for item in ax.collections if isinstance(item, PolyCollection))
+    return FigureSummary(len(lines), lines, texts, limits, bands)
 
 
 def save_figure(fig, stem: str | Path, dpi: int = 150) -> list[Path]:

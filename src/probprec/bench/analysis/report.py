@@ -213,6 +213,8 @@ def write_report(paths: str | Path | Sequence[str | Path], out_dir: str | Path,
     analysis = analyse(paths, options)
     try:
         return _write(analysis, paths, out, options)
+    except (FileExistsError, NotADirectoryError) as error:
+        raise ReportFolderError(out, f"cannot write {error.filename}: a file is where a folder must go") from None
     except OSError as error:
         raise ReportFolderError(out, f"cannot write {error.filename or 'a file'} ({error.strerror or error})") from None
 

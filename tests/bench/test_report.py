@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 
 import pandas as pd
@@ -178,3 +179,16 @@ def test_sensitivity_and_batch_size_grid_figures(tmp_path):
     assert report.curves["sensitivity"] == 2  # SGD's median line and Adam's reference line
     assert report.curves["batch_size_grid"] == 2  # quadratic_deep x 2 batch sizes, one optimizer
     _assert_valid_images([p for p in report.figures if p.stem in ("sensitivity", "batch_size_grid")])
+
+
+def test_every_report_file_gets_the_permissions_of_the_umask(tmp_path):
+    accuracy_run(tmp_path / "runs", "SGD", 0.1, 42, 0.9, 0.9)
+    old = os.umask(0o022)
+    try:
+        report = write_report(tmp_path / "runs", tmp_path / "out", ReportOptions())
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert report.figures and report.tables and len(files) >= len(report.figures) + len(report.tables) + 2
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o644)}
+    assert not [p for p in files if p.name.startswith(".")]  # no temporary left behind

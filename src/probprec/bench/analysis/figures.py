@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_writer
 from .metrics import LEGACY_TEST_LABEL
 
 __all__ = ["PANEL_METRICS", "FigureSummary", "colors_for", "count_curves", "grid_figure", "optimizer_state_figure",
@@ -98,19 +99,19 @@ def summarize(fig) -> FigureSummary:
 
 
 def save_figure(fig, stem: str | Path, dpi: int = 150) -> list[Path]:
-    """Write ``stem.png`` and ``stem.pdf`` (each through a temporary file); closes the figure."""
+    """Write ``stem.png`` and ``stem.pdf`` atomically (:mod:`probprec.bench.atomic`); closes the figure."""
     import matplotlib.pyplot as plt
 
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
-    for suffix in (".png", ".pdf"):
-        path = stem.with_suffix(suffix)
-        tmp = path.with_name(f".{path.stem}.tmp{suffix}")
-        fig.savefig(tmp, dpi=dpi)
-        tmp.replace(path)
-        written.append(path)
-    plt.close(fig)
+    try:
+        for suffix in (".png", ".pdf"):
+            path = stem.with_suffix(suffix)
+            with atomic_writer(path, "wb") as handle:
+                fig.savefig(handle, dpi=dpi, format=suffix[1:])
+            written.append(path)
+    finally:
+        plt.close(fig)
     return written
 
 

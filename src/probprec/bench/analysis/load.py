@@ -15,7 +15,6 @@ listed in :mod:`.metrics`.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..atomic import atomic_writer
 from ..errors import UserError
 from .grouping import assign_settings, plain_json
 from .metrics import CURVE_METRICS, METRICS, UnknownMetricError, canonical_metric
@@ -108,12 +108,8 @@ class Results:
             except ImportError:
                 continue
             path = folder / f"{name}.parquet"
-            partial = folder / f".{name}.parquet.{os.getpid()}.tmp"
-            try:
-                table.to_parquet(partial, index=False)
-                partial.replace(path)
-            finally:
-                partial.unlink(missing_ok=True)
+            with atomic_writer(path, "wb") as handle:
+                table.to_parquet(handle, index=False)
             written.append(path)
         return written
 

@@ -43,7 +43,7 @@ def describe_os_error(error: OSError, path: str | Path | None = None, action: st
     path = path if path is not None else error.filename
     reason = error.strerror or (os.strerror(error.errno) if error.errno else str(error) or type(error).__name__)
     if error.errno == errno.ENOSPC:
-        reason += " (free some space; the same command then resumes)"
+        reason += " (free some space, then run the same command again)"
     prefix = _ACTION_WORDS.get(action or "", "")
     if path is None:
         return f"{prefix}: {reason}" if prefix else reason

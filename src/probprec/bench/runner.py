@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import random
 import signal
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -36,10 +35,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .atomic import atomic_writer
 from .data import DataMissingError
 from .devices import resolve_device
 from .environment import environment
-from .errors import ConfigError
+from .errors import ConfigError, UserError, describe_os_error
 from .locks import holding, run_lock_path
 from .optimizers import get_optimizer
 from .pause import pause_if_asked
@@ -359,6 +359,7 @@ def _run_prepared(config: RunConfig, prepared: tuple) -> RunResult:
                          f"{problem.name} {spec.name} seed {config.seed}")
     step = record["steps"]
     epoch = start_epoch
+    not_written = None
     try:
         with _interruptible():
             if start_epoch == 0:
@@ -400,6 +401,10 @@ def _run_prepared(config: RunConfig, prepared: tuple) -> RunResult:
     except _Diverged as diverged:
         record.update(status="diverged", status_reason=str(diverged), stopped_at_step=diverged.step,
                       stopped_at_epoch=epoch)
+    except _CheckpointNotWritten as error:
+        not_written = str(error)
+        record.update(status="interrupted", stopped_at_step=step, stopped_at_epoch=epoch + 1,
+                      status_reason=f"{error}; resumes from epoch {epoch}")
     except KeyboardInterrupt as interrupt:
         signal_name = str(interrupt) or "SIGINT"
         record.update(status="interrupted", stopped_at_step=step, stopped_at_epoch=epoch,
@@ -417,9 +422,7 @@ def _run_prepared(config: RunConfig, prepared: tuple) -> RunResult:
     if not has_accuracy:
         for name in ("train", "valid", "test"):
             finished.pop(f"{name}_accuracies")
-    write_json_atomic(path, finished)
-    if record["status"] != "interrupted":
-        checkpoint_path.unlink(missing_ok=True)
+    _write_record(path, finished, checkpoint_path, not_written)
     return RunResult(record["status"], path, finished)
 
 
@@ -429,18 +432,36 @@ class _Diverged(Exception):
         self.step = step
 
 
+class _CheckpointNotWritten(Exception):
+    """The checkpoint could not be written (a full disk, ...); the previous one is intact."""
+
+
 def _save_checkpoint(path: Path, model, optimizer, record, epoch: int, loader_generator) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")  # a name of its own
-    tmp = Path(name)
+    """Write the checkpoint atomically (a temporary name of its own, the umask's permissions, nothing partial)."""
     try:
-        with open(fd, "wb") as handle:
+        with atomic_writer(path, "wb") as handle:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record,
                         "epoch": epoch, "rng": _rng_state(loader_generator)}, handle)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    except OSError as error:
+        raise _CheckpointNotWritten(describe_os_error(error, path, "write")) from None
+
+
+def _write_record(path: Path, record: dict[str, Any], checkpoint_path: Path, not_written: str | None) -> None:
+    """Write the result file, then drop the checkpoint unless the run is to resume.
+
+    Raises:
+        UserError: the result file or a checkpoint could not be written (what is kept lets the run resume).
+    """
+    try:
+        write_json_atomic(path, record)
+    except OSError as error:
+        raise UserError(f"{describe_os_error(error, path, 'write')}; the same command resumes the run from its "
+                        "last checkpoint") from None
+    if record["status"] != "interrupted":
+        checkpoint_path.unlink(missing_ok=True)
+    if not_written is not None:
+        raise UserError(f"{not_written}; the run is recorded as interrupted in {path} and the same command "
+                        "resumes it")
 
 
 def _postfix(record: dict[str, Any], has_accuracy: bool) -> str:

@@ -108,7 +108,8 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="select on the final epoch or the best epoch (default %(default)s)")
     report.add_argument("--metric", help="selection metric: " + ", ".join(SELECTION_METRICS) + " (DeepOBS's "
                         "plural keys too; default: validation accuracy where the problem has one, else validation "
-                        "loss); test_accuracy and test_loss choose only with --legacy-test-selection")
+                        "loss); test_accuracy or test_loss stand in for the validation metric only where files have no "
+                        "validation curves and --legacy-test-selection is given")
     report.add_argument("--legacy-test-selection", action="store_true",
                         help="where the files have no validation curves (DeepOBS 1.1), choose settings on the test "
                              "metric as DeepOBS did then; every such table and figure says so")
@@ -302,7 +303,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _error(message: str) -> int:
-    print(f"probprec: error: {message}", file=sys.stderr)
+    one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"probprec: error: {one_line}", file=sys.stderr)
     return 2
 
 

@@ -79,8 +79,8 @@ def check_selection_metric(metric: str | None) -> str | None:
         raise UnknownMetricError(f"unknown metric {metric!r}; settings are selected on {accepted}") from None
     if name.startswith("test_"):
         raise ValueError(f"metric {metric!r}: settings are selected on validation (or training) metrics, never on "
-                         f"the test set ({accepted}); files without validation curves (DeepOBS 1.1) can be chosen "
-                         "on test only with the legacy test selection")
+                         f"the test set ({accepted}); for files without validation curves (DeepOBS 1.1), "
+                         "--legacy-test-selection chooses on the test metric as DeepOBS did then")
     if name not in SELECTION_METRICS:
         raise ValueError(f"metric {metric!r} cannot select a setting; use one of {accepted}")
     return name

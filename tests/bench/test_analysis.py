@@ -235,9 +235,9 @@ def test_settings_are_compared_on_their_shared_seeds(tmp_path):
     accuracy_run(tmp_path, "SGD", 0.3, 42, 0.85, 0.85)
     chosen = select_settings(load_results(tmp_path))
     assert chosen["hyperparams"].iloc[0] == {"lr": 0.1} and chosen["score"].iloc[0] == pytest.approx(0.9)
-    assert "seed 42, the seeds all 2 settings share" in chosen["how_chosen"].iloc[0]
+    assert "compared on seed 42, shared by all 2 settings" in chosen["how_chosen"].iloc[0]
     only_45 = accuracy_run(tmp_path, "SGD", 0.3, 45, 0.85, 0.85)
     next(only_45.parent.glob("random_seed__42__*.json")).unlink()  # now no seed is shared: each setting's mean
     chosen = select_settings(load_results(tmp_path))
     assert chosen["hyperparams"].iloc[0] == {"lr": 0.3}
-    assert "the settings share no seed" in chosen["how_chosen"].iloc[0]
+    assert "compared on each setting's own seeds (they share no seed)" in chosen["how_chosen"].iloc[0]

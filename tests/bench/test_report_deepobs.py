@@ -70,8 +70,9 @@ def test_settings_are_compared_on_the_seeds_they_share(legacy_report):
     assert statistics.mean(r["test_accuracies"][-1] for r in tuned) < single[0]["test_accuracies"][-1]
     assert tuned_42["test_accuracies"][-1] > single[0]["test_accuracies"][-1]
     how = legacy_report.summary.set_index("optimizer")["how_chosen"]
-    assert "seed 42" in how["Momentum"] and "seed 42" in how["Adam"]
-    assert "share no seed" in how["GradientDescent"]  # the tuned SGD folder has no seed 42: all seeds, mean
+    assert "compared on seed 42, shared by all 3 settings" in how["Momentum"]
+    assert "compared on seed 42, shared by all 3 settings" in how["Adam"]
+    assert "they share no seed" in how["GradientDescent"]  # the tuned SGD folder has no seed 42: all seeds, mean
     selection = pd.read_csv(legacy_report.html.parent / "tables" / "selection.csv")
     momentum = selection[selection["optimizer"] == "Momentum"].set_index("rank")
     assert momentum.loc[1, "score"] == pytest.approx(tuned_42["test_accuracies"][-1])

@@ -154,9 +154,9 @@ def _candidates(results: Results, group: pd.DataFrame, rule: _Rule | None) -> li
         if rule is not None and len(compared) and not broken:
             score = _score(results.curves, list(compared["run_id"]), rule, int(compared["num_epochs"].iloc[0]))
         if shared:
-            compared_on = f"{_seed_text(shared)}, the seeds all {len(finished)} settings share"
+            compared_on = f"{_seed_text(shared)}, shared by all {len(finished)} settings"
         else:
-            compared_on = "each setting's own seeds (the settings share no seed)" if len(finished) > 1 else "its seeds"
+            compared_on = "each setting's own seeds (they share no seed)" if len(finished) > 1 else "its seeds"
         first = runs.iloc[0]
         rows.append({"setting": setting, "hyperparams": first["hyperparams"], "batch_size": first["batch_size"],
                      "num_epochs": first["num_epochs"], "metric": rule.metric if rule else None,
@@ -192,7 +192,7 @@ def _how_chosen(table: pd.DataFrame, rule: _Rule | None) -> tuple[str, str | Non
     if math.isnan(best["score"]):
         return (f"no setting has a finished {rule.metric} on every seed without diverging: none of {n} settings "
                 "chosen"), NO_SCORE
-    how = f"best of {n} settings on the {rule.mode} {rule.metric}, mean over {best['compared_on']}"
+    how = f"best of {n} settings on the {rule.mode} {rule.metric} (mean over seeds), compared on {best['compared_on']}"
     return how + (f" ({LEGACY_TEST_LABEL})" if rule.legacy else ""), None
 
 

@@ -189,7 +189,7 @@ def state_floats(model_name):
     n = sum(p.numel() for p in model.parameters())
     data = batches(shape, 32, count=4)
     worst: dict[str, float] = {}
-    for _ in range(opt.prior_iterations + opt.num_observations + 3):
+    for _ in range(opt.config.prior_iterations + opt.config.num_observations + 3):
         train_steps(model, opt, data, 1)
         floats = opt.state_floats()
         phase = "estimating" if opt.phase != "optimize" else "optimizing"
@@ -242,7 +242,7 @@ def main() -> None:
             print(f"  {name:<32}{w[0]:>8.3f}{w[1]:>10.3f}{w[2]:>10.3f}{c[0]:>12.3f}{c[1]:>10.3f}{c[2]:>10.3f}"
                   + (f"{target:>9.2f}" if target else f"{'-':>9}") + (f"   ({notes[name]})" if notes[name] else ""))
         worst, opt = state_floats(model_name)
-        k, K = opt.est_rank, opt.num_observations
+        k, K = opt.config.est_rank, opt.config.num_observations
         print("  optimizer state, floats per parameter (besides the inner optimizer's): "
               + ", ".join(f"{phase} {value:.2f}" for phase, value in worst.items())
               + f" (bounds: {2 * K + k + 4} and {k + 2})\n")

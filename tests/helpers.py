@@ -128,3 +128,14 @@ def frozen_state(opt):
     import copy
 
     return copy.deepcopy(opt.state_dict())
+
+
+def cycle_rows(opt, params):
+    """Per parameter, the directions and observations of the cycle in progress (empty lists when none)."""
+    estimator = opt._estimator
+    rows = {}
+    if estimator is not None:
+        for ps, cycles in zip(estimator.params, estimator.tensors, strict=True):
+            for p, tc in zip(ps, cycles, strict=True):
+                rows[id(p)] = (list(tc.directions), list(tc.observations))
+    return [rows.get(id(p), ([], [])) for p in params]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import classification_batches, mlp, random_orthogonal
+from helpers import classification_batches, cycle_rows, mlp, random_orthogonal
 from probprec import Preconditioner
 from probprec.thesis import FIXES, QUIRKS, quirks_for, thesis_factors, thesis_posterior
 
@@ -300,11 +300,11 @@ def test_one_cycle_matches_the_transcription(problem_cls, wd):
     records = {}
 
     def snapshot(step, opt, params):
-        state = [opt.state[p] for p in params]
+        rows = cycle_rows(opt, params)
         records[step] = dict(log=opt.get_log(), grads=[p.grad.detach().clone() for p in params],
-                             S=[list(s.get("directions", [])) for s in state],
-                             Y=[list(s.get("observations", [])) for s in state],
-                             gs=dict(opt._groups_state[0]), inner_state=dict(opt._inner.state))
+                             S=[S for S, _ in rows], Y=[Y for _, Y in rows],
+                             gs=None if opt._estimator is None else opt._estimator.groups[0],
+                             inner_state=dict(opt._inner.state))
 
     run_cycle(problem, P + K, wd=wd, snapshot=snapshot)
     # the prior scalars by the reference's formulas
@@ -323,7 +323,7 @@ def test_one_cycle_matches_the_transcription(problem_cls, wd):
                 sign = 1.0 if float(s.double() @ s_ref) >= 0 else -1.0
                 same_up_to_sign(sign * y.double(), sign * y_ref)
             # the posterior, through the library's own functions, against G, N and X of the transcription
-            post = thesis_posterior(gs["gram_ss"][i, :m + 1, :m + 1], gs["gram_sy"][i, :m + 1, :m + 1],
+            post = thesis_posterior(gs.gram_ss[i, :m + 1, :m + 1], gs.gram_sy[i, :m + 1, :m + 1],
                                     ref.alpha, ref.w, ref.lam, True, ref.alpha)
             X = thesis_factors(S_rows, Y_rows, post).double()
             S = torch.stack(S_rows).double()
@@ -398,7 +398,7 @@ def train_mlp(steps=40, wd=0.01, **kwargs):
 def test_every_fix_on_is_the_default_mode():
     default, logs_d, grads_d, _ = train_mlp()
     thesis, logs_t, grads_t, opt = train_mlp(mode="thesis", fixes="all")
-    assert opt.fixes == tuple(sorted(FIXES))
+    assert opt.config.fixes == tuple(sorted(FIXES))
     for a, b in zip(default, thesis, strict=True):
         assert torch.equal(a, b)
     for a, b in zip(grads_d, grads_t, strict=True):
@@ -411,9 +411,8 @@ def cycle_records(problem, fixes, wd=0.0, steps=P + K + 1):
     records = {}
 
     def snapshot(step, opt, params):
-        state = [opt.state[p] for p in params]
         records[step] = dict(log=opt.get_log(), grads=[p.grad.detach().clone() for p in params],
-                             S=[[r.clone() for r in s.get("directions", [])] for s in state],
+                             S=[[r.clone() for r in S] for S, _ in cycle_rows(opt, params)],
                              params=[p.detach().clone() for p in params])
 
     run_cycle(problem, steps, wd=wd, fixes=fixes, snapshot=snapshot)
@@ -564,10 +563,9 @@ def test_each_fix_gives_the_transcription_with_that_fix(fix, problem_cls, wd):
     records = {}
 
     def snapshot(step, opt, params):
-        state = [opt.state[p] for p in params]
+        rows = cycle_rows(opt, params)
         records[step] = dict(log=opt.get_log(), grads=[p.grad.detach().clone() for p in params],
-                             S=[list(s.get("directions", [])) for s in state],
-                             Y=[list(s.get("observations", [])) for s in state],
+                             S=[S for S, _ in rows], Y=[Y for _, Y in rows],
                              params=[p.detach().clone().reshape(-1) for p in params])
 
     run_cycle(problem, ref.switch_step + 1, wd=wd, fixes=(fix,), snapshot=snapshot)

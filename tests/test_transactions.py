@@ -202,30 +202,31 @@ def test_a_foreign_state_dict_is_refused_up_front(other, match):
 
 
 def damaged_state_dicts(sd):
-    """Copies of a valid state dict, each with one thing wrong."""
+    """Copies of a valid state dict (saved in the posterior phase), each with one thing wrong."""
     out = []
-    no_extra = copy.deepcopy(sd)
-    del no_extra["probprec"]["cycle"]
-    out.append(no_extra)
+    no_control = copy.deepcopy(sd)
+    del no_control["probprec"]["control"]
+    out.append(no_control)
     wrong_type = copy.deepcopy(sd)
-    wrong_type["probprec"]["groups"] = "nonsense"
+    wrong_type["probprec"]["estimator"]["groups"] = "nonsense"
     out.append(wrong_type)
     short_direction = copy.deepcopy(sd)
-    for state in short_direction["state"].values():
-        for key, value in state.items():
-            if isinstance(value, list) and value and torch.is_tensor(value[0]):
-                state[key] = [v[:-1] for v in value]
+    for buffers in short_direction["probprec"]["estimator"]["tensors"].values():
+        buffers["directions"] = [v[:-1] for v in buffers["directions"]]
     out.append(short_direction)
     bad_inner = copy.deepcopy(sd)
     bad_inner["inner"]["param_groups"] = bad_inner["inner"]["param_groups"] * 2
     out.append(bad_inner)
     bad_phase = copy.deepcopy(sd)
-    bad_phase["probprec"]["cycle"]["phase"] = "dancing"
+    bad_phase["probprec"]["estimator"]["phase"] = "dancing"
     out.append(bad_phase)
+    newer = copy.deepcopy(sd)
+    newer["probprec"]["version"] = 99
+    out.append(newer)
     return out
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(6))
 def test_a_damaged_state_dict_is_refused_up_front(index):
     _, opt = trained(lambda m: PreconditionedMomentum(m.parameters(), momentum=0.5, **KW), steps=P + 1)
     damaged = damaged_state_dicts(opt.state_dict())[index]

@@ -232,7 +232,7 @@ def test_numbers_that_are_numbers_are_accepted(kwargs):
     if key in ("lr", "weight_decay"):
         assert opt.param_groups[0][key] == pytest.approx(float(value)) and type(opt.param_groups[0][key]) is float
     elif key != "fixes":
-        stored = getattr(opt, key)
+        stored = getattr(opt.config, key)
         assert stored == value and type(stored) in (int, float)
 
 

@@ -1,10 +1,20 @@
-"""Checks of a state dict before the Preconditioner loads it: it must fit this optimizer and these parameters.
+"""The Preconditioner's state dict: its format versions, and the checks before one is loaded.
 
-``load_state_dict`` runs :func:`check_state_dict` before it changes anything, so a state dict from
-another model (other shapes), another configuration (``num_observations``, the inner optimizer's class,
-the mode, ...) or a damaged file is refused with one clear ``ValueError`` and the optimizer is left as it
-was. State dicts written before the configuration and the shapes were recorded are checked by the shapes
-of the tensors they hold.
+Format 1 (this release)::
+
+    {"state": {index: {"eigvecs", "eigvals", "factors"}},   # the preconditioner in use, per parameter
+     "param_groups": [...],                                   # torch.optim's, with "step_size"
+     "probprec": {"version": 1, "config": {...}, "shapes": [...],
+                  "control": {...}, "priors": [...], "gains": [...], "tensor_logs": {...}, "events": [...],
+                  "estimator": None or the cycle in progress (probprec.estimator.CycleEstimator.state_dict)},
+     "inner": the inner optimizer's state dict}
+
+Format 0 (the releases before the estimator was its own object) kept the cycle's buffers in the
+per-parameter state and the phase machine in ``"probprec"`` without a version; :func:`upgrade` turns it
+into format 1. A state dict of an unknown (newer) version is refused. :func:`check_state_dict` runs
+before ``load_state_dict`` changes anything, so a state dict from another model (other shapes), another
+configuration (``num_observations``, the inner optimizer's class, the mode, ...) or a damaged file is
+refused with one clear ``ValueError`` and the optimizer is left as it was.
 """
 
 from __future__ import annotations
@@ -15,12 +25,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["Expected", "check_state_dict"]
+from .cycle_state import GroupCycle, TensorCycle
 
-_FLAT_KEYS = ("grad_sum", "probe", "probe_hvp", "probe_sum", "hvp_sum")
+__all__ = ["VERSION", "Expected", "check_state_dict", "upgrade"]
+
+VERSION = 1
+_ESTIMATE_KEYS = ("eigvecs", "eigvals", "factors")
 _ROW_KEYS = ("directions", "observations")
-_GROUP_KEYS = ("active", "posterior", "curvature", "noise", "gram_ss", "gram_sy", "prior", "gain")
-_CYCLE_INTS = ("step", "index", "observed", "optimize_steps")
+_CONTROL_INTS = ("cycle", "optimize_steps", "failures", "cycles_completed", "hvp_count")
+_PRIOR_KEYS = ("step_size", "mean", "width", "noise", "noise_measured")
 
 
 @dataclass(frozen=True)
@@ -33,14 +46,13 @@ class Expected:
     """Number of parameters per group."""
     shapes: Sequence[tuple[int, ...]]
     """Shape of every parameter, in ``param_groups`` order."""
-    phases: Sequence[str]
 
 
 def _fail(message: str) -> ValueError:
     return ValueError(f"state dict {message}")
 
 
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+def _mapping(value: Any, where: str) -> Mapping[Any, Any]:
     if not isinstance(value, Mapping):
         raise _fail(f"is damaged: {where} must be a dict, got {type(value).__name__}")
     return value
@@ -53,13 +65,70 @@ def _sequence(value: Any, where: str) -> Sequence[Any]:
 
 
 def _tensor_shape(value: Any, where: str, shape: tuple[int | None, ...]) -> None:
-    """Check that ``value`` is a tensor of ``shape`` (None: any size, at most the given bound elsewhere)."""
+    """Check that ``value`` is a tensor of ``shape`` (None: any size)."""
     if not torch.is_tensor(value):
         raise _fail(f"is damaged: {where} must be a tensor, got {type(value).__name__}")
     ok = value.dim() == len(shape) and all(s is None or s == v for s, v in zip(shape, value.shape, strict=True))
     if not ok:
         wanted = "x".join("*" if s is None else str(s) for s in shape) or "scalar"
         raise _fail(f"does not match this optimizer: {where} has shape {tuple(value.shape)}, expected {wanted}")
+
+
+# ------------------------------------------------------------------- versions
+
+
+def upgrade(state_dict: Any) -> Any:
+    """Return ``state_dict`` in format 1 (a new dict; the tensors are shared).
+
+    Raises:
+        ValueError: for a newer (unknown) version, or a format-0 state dict too damaged to convert.
+    """
+    if not isinstance(state_dict, Mapping) or not isinstance(state_dict.get("probprec"), Mapping):
+        return state_dict  # check_state_dict says what is wrong
+    version = state_dict["probprec"].get("version", 0)
+    if version == VERSION:
+        return state_dict
+    if version != 0:
+        raise _fail(f"has format version {version!r}; this release of probprec reads versions 0 to {VERSION} "
+                    "(it was written by a newer release, or is damaged)")
+    try:
+        return _from_format_0(state_dict)
+    except (KeyError, TypeError, AttributeError, IndexError) as error:
+        raise _fail(f"(format 0) is damaged: {type(error).__name__}: {error}") from None
+
+
+def _from_format_0(sd: Mapping[str, Any]) -> dict[str, Any]:
+    extra = sd["probprec"]
+    cycle, log, groups = extra["cycle"], extra["log"], extra["groups"]
+    state, buffers = {}, {}
+    for index, entry in sd["state"].items():
+        estimate = {k: v for k, v in entry.items() if k in _ESTIMATE_KEYS}
+        rest = {k: v for k, v in entry.items() if k not in _ESTIMATE_KEYS}
+        if estimate:
+            state[index] = estimate
+        if rest:
+            buffers[index] = rest
+    estimator = None
+    if cycle["phase"] != "optimize":
+        posterior = cycle["phase"] == "posterior"
+        estimator = {"phase": cycle["phase"], "step": cycle["step"], "observed": cycle["observed"],
+                     "switch": bool(cycle.get("switch", False)), "tensors": buffers,
+                     "groups": [{**{k: gs.get(k) for k in GroupCycle.TENSORS}, "active": gs["active"],
+                                 "posterior": gs["posterior"], "prior": gs["prior"] if posterior else None}
+                                for gs in groups]}
+    control = {"cycle": cycle["index"], "optimize_steps": cycle["optimize_steps"],
+               "failures": cycle.get("failures", 0), "retry_after": cycle.get("retry_after"),
+               "cycles_completed": log["cycles_completed"], "hvp_count": log["hvp_count"]}
+    probprec = {"version": VERSION, "control": control, "priors": [gs["prior"] for gs in groups],
+                "gains": [gs.get("gain", 1.0) for gs in groups], "tensor_logs": dict(log.get("tensors", {})),
+                "events": list(log["events"]), "estimator": estimator}
+    for key in ("config", "shapes"):
+        if key in extra:
+            probprec[key] = extra[key]
+    return {**sd, "state": state, "probprec": probprec}
+
+
+# --------------------------------------------------------------------- checks
 
 
 def check_state_dict(state_dict: Any, expected: Expected) -> None:
@@ -70,13 +139,14 @@ def check_state_dict(state_dict: Any, expected: Expected) -> None:
                     "another optimizer")
     extra = _mapping(sd["probprec"], "'probprec'")
     _check_config(extra, expected)
-    _check_groups(sd, extra, expected)
-    _check_param_state(_mapping(sd.get("state"), "'state'"), expected)
-    _check_cycle(_mapping(extra.get("cycle"), "'probprec'['cycle']"), expected)
-    _mapping(extra.get("log"), "'probprec'['log']")
+    _check_group_sizes(_sequence(sd.get("param_groups"), "'param_groups'"), expected, "the state dict's")
+    _check_estimate(_mapping(sd.get("state"), "'state'"), expected)
+    _check_record(extra, expected)
+    if extra.get("estimator") is not None:
+        _check_estimator(_mapping(extra["estimator"], "'probprec'['estimator']"), expected)
     inner = _mapping(sd["inner"], "'inner'")
-    inner_groups = _sequence(inner.get("param_groups"), "'inner'['param_groups']")
-    _check_group_sizes(inner_groups, expected, "the inner optimizer's")
+    _check_group_sizes(_sequence(inner.get("param_groups"), "'inner'['param_groups']"), expected,
+                       "the inner optimizer's")
     _mapping(inner.get("state"), "'inner'['state']")
 
 
@@ -111,39 +181,77 @@ def _check_group_sizes(groups: Sequence[Any], expected: Expected, whose: str) ->
                         f"this optimizer's {size}")
 
 
-def _check_groups(sd: Mapping[str, Any], extra: Mapping[str, Any], expected: Expected) -> None:
-    _check_group_sizes(_sequence(sd.get("param_groups"), "'param_groups'"), expected, "the state dict's")
-    groups = _sequence(extra.get("groups"), "'probprec'['groups']")
-    if len(groups) != len(expected.group_sizes):
-        raise _fail(f"is damaged: 'probprec'['groups'] has {len(groups)} entries for "
-                    f"{len(expected.group_sizes)} parameter groups")
-    K = expected.config["num_observations"]
-    for index, (gs, size) in enumerate(zip(groups, expected.group_sizes, strict=True)):
-        where = f"'probprec'['groups'][{index}]"
-        gs = _mapping(gs, where)
-        missing = [key for key in _GROUP_KEYS if key not in gs]
-        if missing:
-            raise _fail(f"is damaged: {where} lacks {missing}")
-        for key, shape in (("curvature", (3,)), ("noise", (2,)), ("gram_ss", (size, K, K)),
-                           ("gram_sy", (size, K, K))):
-            if gs[key] is not None:
-                _tensor_shape(gs[key], f"{where}[{key!r}]", shape)
+def _numel(expected: Expected, index: Any, whose: str) -> int:
+    if not isinstance(index, int) or not 0 <= index < len(expected.shapes):
+        raise _fail(f"does not match this optimizer: it holds {whose} of parameter {index!r}, this optimizer has "
+                    f"{len(expected.shapes)} parameters")
+    return int(torch.Size(expected.shapes[index]).numel())
 
 
-def _check_param_state(state: Mapping[Any, Any], expected: Expected) -> None:
-    K, k = expected.config["num_observations"], expected.config["est_rank"]
+def _check_estimate(state: Mapping[Any, Any], expected: Expected) -> None:
+    k = expected.config["est_rank"]
     for index, entry in state.items():
-        if not isinstance(index, int) or not 0 <= index < len(expected.shapes):
-            raise _fail(f"does not match this optimizer: it holds state of parameter {index!r}, this optimizer "
-                        f"has {len(expected.shapes)} parameters")
-        n = int(torch.Size(expected.shapes[index]).numel())
+        n = _numel(expected, index, "state")
         where = f"the state of parameter {index}"
         for key, value in _mapping(entry, where).items():
-            _check_param_entry(key, value, f"{where}[{key!r}]", n, K, k)
+            if key not in _ESTIMATE_KEYS:
+                raise _fail(f"is damaged: {where}[{key!r}] is not a key of this optimizer's state")
+            _tensor_shape(value, f"{where}[{key!r}]", (None, n) if key == "eigvecs" else (None,))
+            if value.shape[0] > k:
+                raise _fail(f"does not match this optimizer: {where}[{key!r}] has {value.shape[0]} rows, at most "
+                            f"est_rank={k} here")
 
 
-def _check_param_entry(key: str, value: Any, where: str, n: int, K: int, k: int) -> None:
-    if key in _FLAT_KEYS:
+def _check_record(extra: Mapping[str, Any], expected: Expected) -> None:
+    control = _mapping(extra.get("control"), "'probprec'['control']")
+    for key in _CONTROL_INTS:
+        if not isinstance(control.get(key), int):
+            raise _fail(f"is damaged: 'probprec'['control'][{key!r}] must be an integer, got {control.get(key)!r}")
+    if not isinstance(control.get("retry_after"), (int, type(None))):
+        raise _fail("is damaged: 'probprec'['control']['retry_after'] must be an integer or None")
+    groups = len(expected.group_sizes)
+    priors = _sequence(extra.get("priors"), "'probprec'['priors']")
+    gains = _sequence(extra.get("gains"), "'probprec'['gains']")
+    if len(priors) != groups or len(gains) != groups:
+        raise _fail(f"is damaged: 'probprec' has {len(priors)} priors and {len(gains)} gains for {groups} groups")
+    for index, prior in enumerate(priors):
+        if prior is not None and set(_mapping(prior, f"prior {index}")) != set(_PRIOR_KEYS):
+            raise _fail(f"is damaged: prior {index} must have the keys {list(_PRIOR_KEYS)}")
+    for index, entry in _mapping(extra.get("tensor_logs"), "'probprec'['tensor_logs']").items():
+        _numel(expected, index, "a log")
+        if not {"eigenvalues", "preconditioned"} <= set(_mapping(entry, f"the log of parameter {index}")):
+            raise _fail(f"is damaged: the log of parameter {index} lacks 'eigenvalues' or 'preconditioned'")
+    _sequence(extra.get("events"), "'probprec'['events']")
+
+
+def _check_estimator(estimator: Mapping[str, Any], expected: Expected) -> None:
+    if estimator.get("phase") not in ("prior", "posterior"):
+        raise _fail(f"is damaged: the cycle's phase must be 'prior' or 'posterior', got {estimator.get('phase')!r}")
+    for key in ("step", "observed"):
+        if not isinstance(estimator.get(key), int):
+            raise _fail(f"is damaged: the cycle's {key!r} must be an integer, got {estimator.get(key)!r}")
+    groups = _sequence(estimator.get("groups"), "the cycle's 'groups'")
+    if len(groups) > len(expected.group_sizes):
+        raise _fail(f"is damaged: the cycle has {len(groups)} groups, this optimizer {len(expected.group_sizes)}")
+    K = expected.config["num_observations"]
+    for index, (group, size) in enumerate(zip(groups, expected.group_sizes, strict=False)):
+        where = f"the cycle's group {index}"
+        group = _mapping(group, where)
+        missing = [key for key in (*GroupCycle.TENSORS, "active", "posterior", "prior") if key not in group]
+        if missing:
+            raise _fail(f"is damaged: {where} lacks {missing}")
+        for key, shape in (("curvature", (3,)), ("noise", (2,)), ("gram_ss", (size, K, K)), ("gram_sy", (size, K, K))):
+            if group[key] is not None:
+                _tensor_shape(group[key], f"{where}[{key!r}]", shape)
+    for index, entry in _mapping(estimator.get("tensors"), "the cycle's 'tensors'").items():
+        n = _numel(expected, index, "cycle buffers")
+        where = f"the cycle's buffers of parameter {index}"
+        for key, value in _mapping(entry, where).items():
+            _check_buffer(key, value, f"{where}[{key!r}]", n, K)
+
+
+def _check_buffer(key: str, value: Any, where: str, n: int, K: int) -> None:
+    if key in TensorCycle.BUFFERS:
         _tensor_shape(value, where, (n,))
     elif key in _ROW_KEYS:
         rows = _sequence(value, where)
@@ -152,22 +260,5 @@ def _check_param_entry(key: str, value: Any, where: str, n: int, K: int, k: int)
                         f"num_observations={K} here")
         for i, row in enumerate(rows):
             _tensor_shape(row, f"{where}[{i}]", (n,))
-    elif key == "eigvecs":
-        _tensor_shape(value, where, (None, n))
-        if value.shape[0] > k:
-            raise _fail(f"does not match this optimizer: {where} has {value.shape[0]} rows, at most est_rank={k}")
-    elif key in ("eigvals", "factors"):
-        _tensor_shape(value, where, (None,))
-        if value.shape[0] > k:
-            raise _fail(f"does not match this optimizer: {where} has {value.shape[0]} entries, at most "
-                        f"est_rank={k}")
     else:
-        raise _fail(f"is damaged: {where} is not a key of this optimizer's state")
-
-
-def _check_cycle(cycle: Mapping[str, Any], expected: Expected) -> None:
-    if cycle.get("phase") not in expected.phases:
-        raise _fail(f"is damaged: the phase must be one of {list(expected.phases)}, got {cycle.get('phase')!r}")
-    for key in _CYCLE_INTS:
-        if not isinstance(cycle.get(key), int):
-            raise _fail(f"is damaged: 'probprec'['cycle'][{key!r}] must be an integer, got {cycle.get(key)!r}")
+        raise _fail(f"is damaged: {where} is not a buffer of this optimizer's cycle")

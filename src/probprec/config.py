@@ -1,0 +1,115 @@
+"""The options of a :class:`~probprec.Preconditioner` that are the same for every parameter group.
+
+:class:`Config` is frozen: validated once by :meth:`Config.create`, it names each option, its range
+and its meaning; the per-group values (``lr``, ``weight_decay``, the inner optimizer's
+hyperparameters) live in the parameter groups instead, where schedulers change them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ._validation import check_choice, check_float, check_int
+from .thesis import FIXES, quirks_for
+
+__all__ = ["EXTRACTIONS", "MODES", "OBSERVATIONS", "STEP_RULES", "Config"]
+
+STEP_RULES = ("newton", "paper")
+EXTRACTIONS = ("ritz", "posterior")
+OBSERVATIONS = ("next", "same")
+MODES = ("default", "thesis")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated options (see :class:`~probprec.Preconditioner` for their meaning)."""
+
+    est_rank: int = 2
+    num_observations: int = 5
+    prior_iterations: int = 10
+    step_rule: str = "newton"
+    beta: float = 1.0
+    extraction: str = "ritz"
+    observe: str = "next"
+    orthogonalize: bool = True
+    noise_floor: float = 1e-3
+    restart_interval: int | None = None
+    build_preconditioner: bool = True
+    apply_preconditioner: bool = True
+    mode: str = "default"
+    quirks: frozenset[str] = frozenset()
+    """The 2019 quirks left on (thesis mode); empty in the default mode."""
+
+    @classmethod
+    def create(cls, *, lr: float | None = None, fixes: Any = (), **options: Any) -> Config:
+        """Validate the options; ``lr`` only for the checks that depend on it.
+
+        Raises:
+            ValueError: for an option out of its range (the message names it and the range).
+        """
+        est_rank = check_int("est_rank", options.get("est_rank", cls.est_rank), 1)
+        num_observations = check_int("num_observations", options.get("num_observations", cls.num_observations), 1)
+        if est_rank > num_observations:
+            raise ValueError(f"est_rank must be <= num_observations ({num_observations}), got {est_rank}")
+        step_rule = check_choice("step_rule", options.get("step_rule", cls.step_rule), STEP_RULES)
+        if step_rule == "paper" and lr is None:
+            raise ValueError("lr must be a number > 0 with step_rule='paper' (its step size eta), got None")
+        build = bool(options.get("build_preconditioner", cls.build_preconditioner))
+        apply = bool(options.get("apply_preconditioner", cls.apply_preconditioner))
+        if apply and not build:
+            raise ValueError(
+                "apply_preconditioner=True needs build_preconditioner=True, got build_preconditioner=False"
+            )
+        restart = options.get("restart_interval", cls.restart_interval)
+        mode = check_choice("mode", options.get("mode", cls.mode), MODES)
+        return cls(
+            est_rank=est_rank,
+            num_observations=num_observations,
+            prior_iterations=check_int("prior_iterations", options.get("prior_iterations", cls.prior_iterations), 1),
+            step_rule=step_rule,
+            beta=check_float("beta", options.get("beta", cls.beta), positive=True),
+            extraction=check_choice("extraction", options.get("extraction", cls.extraction), EXTRACTIONS),
+            observe=check_choice("observe", options.get("observe", cls.observe), OBSERVATIONS),
+            orthogonalize=bool(options.get("orthogonalize", cls.orthogonalize)),
+            noise_floor=check_float("noise_floor", options.get("noise_floor", cls.noise_floor), positive=True),
+            restart_interval=None if restart is None else check_int("restart_interval", restart, 1),
+            build_preconditioner=build,
+            apply_preconditioner=apply,
+            mode=mode,
+            quirks=_quirks(mode, fixes),
+        )
+
+    @property
+    def fixes(self) -> tuple[str, ...]:
+        """The fixes in effect (all of them in the default mode), sorted."""
+        return tuple(sorted(f for f, quirk in FIXES.items() if quirk not in self.quirks))
+
+    @property
+    def cycle_length(self) -> int:
+        """Minibatches a full cycle spends without moving the parameters, the last included: P + K - 1."""
+        return self.prior_iterations + self.num_observations - 1
+
+    def structure(self, optim_class: type) -> dict[str, Any]:
+        """The options that give the optimizer's state its shape and meaning (saved and compared on loading)."""
+        return {"est_rank": self.est_rank, "num_observations": self.num_observations,
+                "prior_iterations": self.prior_iterations,
+                "optim_class": f"{optim_class.__module__}.{optim_class.__qualname__}", "mode": self.mode,
+                "fixes": list(self.fixes), "step_rule": self.step_rule, "extraction": self.extraction,
+                "observe": self.observe, "orthogonalize": self.orthogonalize,
+                "build_preconditioner": self.build_preconditioner,
+                "apply_preconditioner": self.apply_preconditioner}
+
+
+def _quirks(mode: str, fixes: Any) -> frozenset[str]:
+    if fixes is None:
+        fixes = ()
+    if not isinstance(fixes, (str, Iterable)):
+        raise ValueError(f"fixes must be 'all' or an iterable of fix names ({', '.join(FIXES)}), got {fixes!r}")
+    fixes = fixes if isinstance(fixes, str) else tuple(fixes)
+    if mode == "default":
+        if fixes not in ((), "all"):
+            raise ValueError(f"fixes apply to mode='thesis' only, got fixes={fixes!r} with mode='default'")
+        return frozenset()
+    return quirks_for(fixes)

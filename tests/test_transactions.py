@@ -204,9 +204,9 @@ def test_a_foreign_state_dict_is_refused_up_front(other, match):
 def damaged_state_dicts(sd):
     """Copies of a valid state dict (saved in the posterior phase), each with one thing wrong."""
     out = []
-    no_control = copy.deepcopy(sd)
-    del no_control["probprec"]["control"]
-    out.append(no_control)
+    no_schedule = copy.deepcopy(sd)
+    del no_schedule["probprec"]["schedule"]
+    out.append(no_schedule)
     wrong_type = copy.deepcopy(sd)
     wrong_type["probprec"]["estimator"]["groups"] = "nonsense"
     out.append(wrong_type)

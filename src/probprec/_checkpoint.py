@@ -5,8 +5,8 @@ Format 1 (this release)::
     {"state": {index: {"eigvecs", "eigvals", "factors"}},   # the preconditioner in use, per parameter
      "param_groups": [...],                                   # torch.optim's, with "step_size"
      "probprec": {"version": 1, "config": {...}, "shapes": [...],
-                  "control": {...}, "priors": [...], "gains": [...], "tensor_logs": {...}, "events": [...],
-                  "estimator": None or the cycle in progress (probprec.estimator.CycleEstimator.state_dict)},
+                  "schedule": probprec.schedule.CycleSchedule, "log": probprec.log.OptimizerLog.as_state,
+                  "gains": [...], "estimator": None or the cycle in progress (CycleEstimator.state_dict)},
      "inner": the inner optimizer's state dict}
 
 Format 0 (the releases before the estimator was its own object) kept the cycle's buffers in the
@@ -32,7 +32,7 @@ __all__ = ["VERSION", "Expected", "check_state_dict", "upgrade"]
 VERSION = 1
 _ESTIMATE_KEYS = ("eigvecs", "eigvals", "factors")
 _ROW_KEYS = ("directions", "observations")
-_CONTROL_INTS = ("cycle", "optimize_steps", "failures", "cycles_completed", "hvp_count")
+_SCHEDULE_INTS = ("cycle", "optimize_steps", "failures", "cycles_completed")
 _PRIOR_KEYS = ("step_size", "mean", "width", "noise", "noise_measured")
 
 
@@ -116,12 +116,13 @@ def _from_format_0(sd: Mapping[str, Any]) -> dict[str, Any]:
                      "groups": [{**{k: gs.get(k) for k in GroupCycle.TENSORS}, "active": gs["active"],
                                  "posterior": gs["posterior"], "prior": gs["prior"] if posterior else None}
                                 for gs in groups]}
-    control = {"cycle": cycle["index"], "optimize_steps": cycle["optimize_steps"],
-               "failures": cycle.get("failures", 0), "retry_after": cycle.get("retry_after"),
-               "cycles_completed": log["cycles_completed"], "hvp_count": log["hvp_count"]}
-    probprec = {"version": VERSION, "control": control, "priors": [gs["prior"] for gs in groups],
-                "gains": [gs.get("gain", 1.0) for gs in groups], "tensor_logs": dict(log.get("tensors", {})),
-                "events": list(log["events"]), "estimator": estimator}
+    schedule = {"cycle": cycle["index"], "optimize_steps": cycle["optimize_steps"],
+                "failures": cycle.get("failures", 0), "retry_after": cycle.get("retry_after"),
+                "cycles_completed": log["cycles_completed"]}
+    new_log = {"events": list(log["events"]), "priors": [gs["prior"] for gs in groups],
+               "tensors": dict(log.get("tensors", {})), "hvp_count": log["hvp_count"]}
+    probprec = {"version": VERSION, "schedule": schedule, "log": new_log,
+                "gains": [gs.get("gain", 1.0) for gs in groups], "estimator": estimator}
     for key in ("config", "shapes"):
         if key in extra:
             probprec[key] = extra[key]
@@ -203,25 +204,28 @@ def _check_estimate(state: Mapping[Any, Any], expected: Expected) -> None:
 
 
 def _check_record(extra: Mapping[str, Any], expected: Expected) -> None:
-    control = _mapping(extra.get("control"), "'probprec'['control']")
-    for key in _CONTROL_INTS:
-        if not isinstance(control.get(key), int):
-            raise _fail(f"is damaged: 'probprec'['control'][{key!r}] must be an integer, got {control.get(key)!r}")
-    if not isinstance(control.get("retry_after"), (int, type(None))):
-        raise _fail("is damaged: 'probprec'['control']['retry_after'] must be an integer or None")
+    schedule = _mapping(extra.get("schedule"), "'probprec'['schedule']")
+    for key in _SCHEDULE_INTS:
+        if not isinstance(schedule.get(key), int):
+            raise _fail(f"is damaged: 'probprec'['schedule'][{key!r}] must be an integer, got {schedule.get(key)!r}")
+    if not isinstance(schedule.get("retry_after"), (int, type(None))):
+        raise _fail("is damaged: 'probprec'['schedule']['retry_after'] must be an integer or None")
     groups = len(expected.group_sizes)
-    priors = _sequence(extra.get("priors"), "'probprec'['priors']")
+    log = _mapping(extra.get("log"), "'probprec'['log']")
+    priors = _sequence(log.get("priors"), "'probprec'['log']['priors']")
     gains = _sequence(extra.get("gains"), "'probprec'['gains']")
     if len(priors) != groups or len(gains) != groups:
         raise _fail(f"is damaged: 'probprec' has {len(priors)} priors and {len(gains)} gains for {groups} groups")
     for index, prior in enumerate(priors):
         if prior is not None and set(_mapping(prior, f"prior {index}")) != set(_PRIOR_KEYS):
             raise _fail(f"is damaged: prior {index} must have the keys {list(_PRIOR_KEYS)}")
-    for index, entry in _mapping(extra.get("tensor_logs"), "'probprec'['tensor_logs']").items():
+    for index, entry in _mapping(log.get("tensors"), "'probprec'['log']['tensors']").items():
         _numel(expected, index, "a log")
         if not {"eigenvalues", "preconditioned"} <= set(_mapping(entry, f"the log of parameter {index}")):
             raise _fail(f"is damaged: the log of parameter {index} lacks 'eigenvalues' or 'preconditioned'")
-    _sequence(extra.get("events"), "'probprec'['events']")
+    _sequence(log.get("events"), "'probprec'['log']['events']")
+    if not isinstance(log.get("hvp_count"), int):
+        raise _fail("is damaged: 'probprec'['log']['hvp_count'] must be an integer")
 
 
 def _check_estimator(estimator: Mapping[str, Any], expected: Expected) -> None:

@@ -89,9 +89,9 @@ class TensorCycle:
         def cast(t: Tensor) -> Tensor:
             return t.to(device=like.device, dtype=like.dtype)
 
-        return cls(*(None if values.get(k) is None else cast(values[k]) for k in cls.BUFFERS),
-                   [cast(t) for t in values.get("directions", [])],
-                   [cast(t) for t in values.get("observations", [])])
+        buffers = {k: None if values.get(k) is None else cast(values[k]) for k in cls.BUFFERS}
+        return cls(**buffers, directions=[cast(t) for t in values.get("directions", [])],
+                   observations=[cast(t) for t in values.get("observations", [])])
 
 
 @dataclass

@@ -475,6 +475,7 @@ class CycleEstimator:
         pending = []
         for i in self._posterior_groups():
             gc = self.groups[i]
+            assert gc.gram_ss is not None and gc.gram_sy is not None
             uses_ritz = self.arithmetic.uses_ritz(self.config)
             ritz = lowrank.ritz_coefficients(gc.gram_ss, gc.gram_sy, self.config.est_rank) if uses_ritz else None
             for t, (p, tc) in enumerate(zip(self.params[i], self.tensors[i], strict=True)):

@@ -59,7 +59,7 @@ def hessian_vector_product(
         >>> hessian_vector_product([theta], [theta.grad], [torch.tensor([1.0, 0.0])])
         [tensor([3., 1.])]
     """
-    outputs = [g for g in grads if has_graph(g)]
+    outputs = [g for g in grads if g is not None and has_graph(g)]
     if not outputs:
         raise RuntimeError(
             "a Hessian-vector product needs gradients that carry their autograd graph; "

@@ -208,10 +208,10 @@ def rayleigh_ritz(S: Rows, SS: Tensor, SY: Tensor, k: int, rtol: float = 1e-3) -
 
 def eigen_from_factors(S: Rows, X: Tensor, mean: Tensor, width: Tensor, k: int, rtol: float = 1e-5) -> LowRank:
     r"""Top-k eigenpairs of the symmetric part of :math:`b I + w^2 X^\top S` (module docstring)."""
-    S = torch.stack(list(S))
-    W, keep = _span_basis(S, X.to(S.dtype), rtol)
-    small = accumulation_dtype(S.device)
-    SW, XW = (S @ W).to(small), (X.to(S.dtype) @ W).to(small)
+    Sm = torch.stack(list(S))
+    W, keep = _span_basis(Sm, X.to(Sm.dtype), rtol)
+    small = accumulation_dtype(Sm.device)
+    SW, XW = (Sm @ W).to(small), (X.to(Sm.dtype) @ W).to(small)
     T = width.to(small) ** 2 * (XW.mT @ SW)
     mu, Z, valid = _top_k(T, keep, min(k, W.shape[1]))
     U = (W @ Z.to(W.dtype)).mT

@@ -10,9 +10,7 @@ mathematics is in :mod:`probprec.prior`, :mod:`probprec.posterior`, :mod:`probpr
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,38 +19,19 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _checkpoint, _loss_scale
-from ._inner import INNER_WEIGHT_DECAY, InnerSpec
-from ._validation import check_float, check_inner_class, check_memory, check_parameters, group_list
+from ._groups import INNER_WEIGHT_DECAY, RESERVED_KEYS, InnerSpec, check_new_group, own_defaults
+from ._validation import check_float, check_inner_class, check_memory, group_list
 from .arithmetic import arithmetic_for
 from .config import Config
-from .cycle_state import PriorScalars
 from .estimator import CycleEstimator, Estimate, Outcome
 from .hvp import has_graph, hessian_vector_product
+from .log import OptimizerLog
 from .precondition import precondition
+from .schedule import CycleSchedule
 
 __all__ = ["Preconditioner"]
 
-_MAX_EVENTS = 200
-_RESERVED_KEYS = ("adaptive_lr", "step_size")  # group keys of the optimizer itself, not of the inner one
-_FAILURES_BEFORE_BACKOFF = 3  # consecutive failed cycles before the optimizer warns and backs off
-_MAX_BACKOFF = 1024  # at most this many minibatches between two attempts after repeated failures
 _ESTIMATE_KEYS = ("eigvecs", "eigvals", "factors")  # per-parameter state: the preconditioner in use
-
-
-@dataclasses.dataclass
-class _Control:
-    """When cycles happen, and the counters the log reports."""
-
-    cycle: int = -1
-    """Index of the current cycle."""
-    optimize_steps: int = 0
-    """Updates since the last estimate (or since the back-off began)."""
-    failures: int = 0
-    """Consecutive cycles that failed."""
-    retry_after: int | None = None
-    """During a back-off: the number of updates after which the next cycle starts."""
-    cycles_completed: int = 0
-    hvp_count: int = 0
 
 
 def _first_tensor(groups: list[Any]) -> Tensor | None:
@@ -191,26 +170,24 @@ class Preconditioner(Optimizer):
             observe=observe, orthogonalize=orthogonalize, noise_floor=noise_floor,
             restart_interval=restart_interval, build_preconditioner=build_preconditioner,
             apply_preconditioner=apply_preconditioner, mode=mode)
-        defaults = self._group_defaults(weight_decay, inner_weight_decay, lr, first_cycle_lr)
+        defaults = own_defaults(weight_decay, inner_weight_decay, lr, first_cycle_lr)
         self.optim_class = check_inner_class(optim_class, Preconditioner)
-        for reserved in _RESERVED_KEYS:
+        for reserved in RESERVED_KEYS:
             if reserved in optim_hyperparams:
                 raise ValueError(f"{reserved} is not a hyperparameter of the inner optimizer")
         self.arithmetic = arithmetic_for(config)
         self.config = self.arithmetic.configure(config)
-        groups = list(params)
+        groups: list[Any] = list(params)
         if groups and isinstance(groups[0], dict):
             groups = [{**g, "params": group_list(g.get("params", ()))} for g in groups]
         self._inner_spec, inner_defaults = InnerSpec.probe(self.optim_class, optim_hyperparams,
                                                            _first_tensor(groups))
         self._inner: Optimizer | None = None
         self._plan: list[list[tuple[Tensor, Tensor | None, Tensor | None]]] | None = None
-        self._control = _Control()
+        self._schedule = CycleSchedule()
         self._estimator: CycleEstimator | None = None
-        self._priors: list[PriorScalars | None] = []
+        self._log = OptimizerLog()
         self._gains: list[float] = []
-        self._tensor_logs: dict[int, tuple[tuple[float, ...], int]] = {}
-        self._events: deque[dict[str, Any]] = deque(maxlen=_MAX_EVENTS)
         self._warned: set[str] = set()
         self._products: list[tuple[Tensor, Tensor]] = []
         super().__init__(groups, {**defaults, **inner_defaults})
@@ -219,22 +196,6 @@ class Preconditioner(Optimizer):
         self._inner = self.optim_class([spec.inner_group(g) for g in self.param_groups],
                                        **{k: v for k, v in optim_hyperparams.items() if k in spec.keys})
         self._begin_cycle()
-
-    @staticmethod
-    def _group_defaults(weight_decay: float, inner_weight_decay: float, lr: float | None,
-                        first_cycle_lr: float | None) -> dict[str, Any]:
-        """The per-group values of the optimizer itself, validated."""
-        weight_decay = check_float("weight_decay", weight_decay, positive=False)
-        inner_weight_decay = check_float("inner_weight_decay", inner_weight_decay, positive=False)
-        if lr is not None:
-            lr = check_float("lr", lr, positive=True)
-        if first_cycle_lr is not None:
-            first_cycle_lr = check_float("first_cycle_lr", first_cycle_lr, positive=True)
-            if lr is not None:
-                raise ValueError(f"first_cycle_lr needs lr=None (an adaptive step size); with the fixed lr={lr} "
-                                 f"it would never be used, got first_cycle_lr={first_cycle_lr}")
-        return {"lr": 1.0 if lr is None else lr, "adaptive_lr": lr is None, "first_cycle_lr": first_cycle_lr,
-                "weight_decay": weight_decay, INNER_WEIGHT_DECAY: inner_weight_decay, "step_size": None}
 
     # ------------------------------------------------------------------ groups
 
@@ -253,36 +214,18 @@ class Preconditioner(Optimizer):
             raise TypeError(f"param_group must be a dict with a 'params' entry, got {param_group!r}")
         group = {**param_group, "params": group_list(param_group["params"])}
         before = len(self.param_groups)
-        self._check_group(group, before)
+        check_new_group(group, before, len(self._all_params()), self.defaults, self._inner_spec)
         super().add_param_group(group)
         try:
-            self._priors.append(None)
+            self._log.priors.append(None)
             self._gains.append(1.0)
             self._plan = None
             if self._inner is not None:
                 check_memory(self._all_params(), self.config.num_observations, self.config.est_rank)
                 self._inner.add_param_group(self._inner_spec.inner_group(self.param_groups[-1]))
         except BaseException:
-            del self.param_groups[before:], self._priors[before:], self._gains[before:]
+            del self.param_groups[before:], self._log.priors[before:], self._gains[before:]
             raise
-
-    def _check_group(self, group: dict[str, Any], index: int) -> None:
-        """Validate a new group's values (defaults filled in) before anything is changed."""
-        tensors = [p[1] if isinstance(p, tuple) else p for p in group["params"]]
-        check_parameters(tensors, first_index=sum(len(g["params"]) for g in self.param_groups))
-        explicit = {k: v for k, v in group.items() if k != "params"}
-        filled = {**self.defaults, **group, "params": tensors}
-        label = f"param_groups[{index}]"
-        for reserved in _RESERVED_KEYS:
-            if reserved in explicit:
-                raise ValueError(f"{label}: {reserved} is set by the optimizer, not by a group")
-        multiplier = " (a multiplier of the adaptive step size)" if filled["adaptive_lr"] else ""
-        check_float(f"{label}['lr']{multiplier}", filled["lr"], positive=True)
-        for key in ("weight_decay", INNER_WEIGHT_DECAY):
-            check_float(f"{label}[{key!r}]", filled[key], positive=False)
-        spec = self._inner_spec
-        inner_explicit = {k: v for k, v in explicit.items() if k in spec.keys or k == INNER_WEIGHT_DECAY}
-        spec.check_group(filled, inner_explicit, f"{label}: ")
 
     # ------------------------------------------------------------- public API
 
@@ -328,7 +271,7 @@ class Preconditioner(Optimizer):
         Call it before computing the loss of a step, so that :attr:`create_graph` is up to date.
         """
         interval = self.config.restart_interval
-        if interval is None or self.phase != "optimize" or self._control.optimize_steps < interval:
+        if self.phase != "optimize" or not self._schedule.interval_reached(interval):
             return False
         self._begin_cycle()
         self._event("restart", f"restart_interval of {interval} optimization steps reached")
@@ -347,23 +290,13 @@ class Preconditioner(Optimizer):
         and ``noise_measured`` (per group, of the last prior); ``hvp_count``;
         ``events`` (fallbacks and restarts, most recent last).
         """
-        n = len(self._all_params())
-        logs = [self._tensor_logs.get(i, ((), 0)) for i in range(n)]
-        priors = self._priors
         return {
             "phase": self.phase,
-            "cycle": self._control.cycle,
-            "cycles_completed": self._control.cycles_completed,
+            "cycle": self._schedule.cycle,
+            "cycles_completed": self._schedule.cycles_completed,
             "step_sizes": [g["step_size"] for g in self.param_groups],
             "learning_rates": [self._effective_lr(i) for i in range(len(self.param_groups))],
-            "eigenvalues": [list(values) for values, _ in logs],
-            "preconditioned": [count for _, count in logs],
-            "prior_mean": [None if pr is None else pr.mean for pr in priors],
-            "prior_width": [None if pr is None else pr.width for pr in priors],
-            "noise": [None if pr is None else pr.noise for pr in priors],
-            "noise_measured": [None if pr is None else pr.noise_measured for pr in priors],
-            "hvp_count": self._control.hvp_count,
-            "events": [dict(e) for e in self._events],
+            **self._log.report(len(self._all_params())),
         }
 
     def curvature_estimate(self) -> list[tuple[Tensor, Tensor] | None]:
@@ -418,12 +351,9 @@ class Preconditioner(Optimizer):
             "version": _checkpoint.VERSION,
             "config": self.config.structure(self.optim_class),
             "shapes": [list(p.shape) for p in self._all_params()],
-            "control": dataclasses.asdict(self._control),
-            "priors": [None if pr is None else pr.as_dict() for pr in self._priors],
+            "schedule": self._schedule.as_state(),
+            "log": self._log.as_state(),
             "gains": list(self._gains),
-            "tensor_logs": {i: {"eigenvalues": list(values), "preconditioned": count}
-                            for i, (values, count) in self._tensor_logs.items()},
-            "events": [dict(e) for e in self._events],
             "estimator": None if self._estimator is None else self._estimator.state_dict(),
         }
         assert self._inner is not None
@@ -456,20 +386,17 @@ class Preconditioner(Optimizer):
         extra, inner = state_dict.pop("probprec"), state_dict.pop("inner")
         super().load_state_dict(state_dict)
         self._plan = None
-        self._control = _Control(**extra["control"])
-        self._priors = [PriorScalars.from_dict(pr) for pr in extra["priors"]]
+        self._schedule = CycleSchedule(**extra["schedule"])
+        self._log = OptimizerLog.from_state(extra["log"])
         self._gains = [float(g) for g in extra["gains"]]
-        self._tensor_logs = {int(i): (tuple(entry["eigenvalues"]), int(entry["preconditioned"]))
-                             for i, entry in extra["tensor_logs"].items()}
-        self._events = deque((dict(e) for e in extra["events"]), maxlen=_MAX_EVENTS)
         group_params = [g["params"] for g in self.param_groups]
         self._estimator = None if extra["estimator"] is None else CycleEstimator.from_state_dict(
             self.config, self.arithmetic, group_params, extra["estimator"])
         assert self._inner is not None
         self._inner.load_state_dict(inner)
 
-    _OWN_ATTRIBUTES = ("config", "arithmetic", "optim_class", "_inner_spec", "_inner", "_plan", "_control",
-                       "_estimator", "_priors", "_gains", "_tensor_logs", "_events", "_warned", "_products")
+    _OWN_ATTRIBUTES = ("config", "arithmetic", "optim_class", "_inner_spec", "_inner", "_plan", "_schedule",
+                       "_estimator", "_log", "_gains", "_warned", "_products")
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -545,12 +472,12 @@ class Preconditioner(Optimizer):
     def _estimate(self, loss: Any, graph_scale: float) -> None:
         """One estimation step; if it raises, the optimizer is restored to what it was before."""
         assert self._estimator is not None
-        backup, control = self._estimator.copy(), dataclasses.replace(self._control)
+        backup, hvp_count = self._estimator.copy(), self._log.hvp_count
         self._graph_scale = graph_scale
         try:
             outcome = self._estimator.step(self.param_groups, loss, self._hvp)
         except BaseException:
-            self._estimator, self._control, self._products = backup, control, []
+            self._estimator, self._log.hvp_count, self._products = backup, hvp_count, []
             raise
         finally:
             self._graph_scale = 1.0
@@ -571,14 +498,14 @@ class Preconditioner(Optimizer):
         if self._graph_scale != 1.0:
             for h in hvps:
                 h.div_(self._graph_scale)
-        self._control.hvp_count += 1
+        self._log.hvp_count += 1
         if self.arithmetic.grad_keeps_product:
             self._products = [(p, h.clone()) for p, h in zip(params, hvps, strict=True)]
         return hvps
 
     def _act_on(self, outcome: Outcome) -> None:
         for i, prior in outcome.priors.items():
-            self._priors[i] = prior
+            self._log.priors[i] = prior
         for i, step_size in outcome.step_sizes.items():
             self.param_groups[i]["step_size"] = step_size
         for event in outcome.events:
@@ -597,15 +524,14 @@ class Preconditioner(Optimizer):
             if tensor.eigvecs is not None:
                 self.state[params[index]].update(eigvecs=tensor.eigvecs, eigvals=tensor.eigvals,
                                                  factors=tensor.factors)
-        self._tensor_logs = {i: (t.eigenvalues, t.preconditioned) for i, t in estimate.tensors.items()}
+        self._log.tensors = {i: (t.eigenvalues, t.preconditioned) for i, t in estimate.tensors.items()}
         for i, gain in estimate.gains.items():
             self._gains[i] = gain
-        self._control.cycles_completed += 1
+        self._schedule.complete()
         self._plan = None
         assert self._inner is not None
         self.arithmetic.after_cycle(self._inner)
         self._estimator = None
-        self._control.optimize_steps = self._control.failures = 0
         self._optimize_no_grad()
 
     def _begin_cycle(self) -> None:
@@ -617,28 +543,18 @@ class Preconditioner(Optimizer):
                     state.pop(key, None)
         self._estimator = CycleEstimator(self.config, self.arithmetic, [g["params"] for g in self.param_groups])
         self._plan = None
-        self._control.cycle += 1
-        self._control.optimize_steps, self._control.retry_after = 0, None
+        self._schedule.begin()
 
     def _restart_after(self, reason: str) -> None:
-        """Restart the cycle; after repeated failures, warn once and wait longer before each attempt.
-
-        After ``_FAILURES_BEFORE_BACKOFF`` consecutive failed cycles (a loss without usable
-        curvature: linear, constant, or non-finite at every attempt) the optimizer stops spending
-        every minibatch on Hessian-vector products: it optimizes with what it has (groups without a
-        step size are held, a ``first_cycle_lr`` or fixed ``lr`` is used) and retries after 2, 4,
-        8, ... (at most ``_MAX_BACKOFF``) minibatches.
-        """
-        failures = self._control.failures + 1
+        """Restart the failed cycle, or begin the back-off (:mod:`probprec.schedule`) and warn once."""
         self._event("restart", f"{reason} during the {self.phase} phase; cycle restarted")
         self._begin_cycle()
-        self._control.failures = failures
-        if failures < _FAILURES_BEFORE_BACKOFF:
+        wait = self._schedule.fail()
+        if wait is None:
             return
-        wait = min(2 ** (failures - _FAILURES_BEFORE_BACKOFF + 1), _MAX_BACKOFF)
-        self._estimator, self._control.retry_after = None, wait
-        message = (f"{failures} consecutive cycles failed (the last: {reason}); the estimate is retried after "
-                   f"{wait} minibatches, and groups without a step size are held until then")
+        self._estimator = None  # groups without a step size are held, the others optimize
+        message = (f"{self._schedule.failures} consecutive cycles failed (the last: {reason}); the estimate is "
+                   f"retried after {wait} minibatches, and groups without a step size are held until then")
         self._event("fallback", message)
         self._warn_once("failures", f"Preconditioner: {message}. A loss without usable curvature along its "
                                     "gradients (linear or constant) needs a learning rate: lr=... (fixed) or "
@@ -700,9 +616,7 @@ class Preconditioner(Optimizer):
             for p, g in swapped:
                 if not (keep and p.grad is not None):
                     p.grad = g
-        self._control.optimize_steps += 1
-        retry_after = self._control.retry_after
-        if retry_after is not None and self._control.optimize_steps >= retry_after:
+        if self._schedule.update():
             self._begin_cycle()  # the wait after repeated failures is over: try again
 
     @staticmethod
@@ -731,8 +645,7 @@ class Preconditioner(Optimizer):
         return [p for g in self.param_groups for p in g["params"]]
 
     def _event(self, kind: str, message: str, group: int | None = None) -> None:
-        self._events.append({"cycle": self._control.cycle, "phase": self.phase, "kind": kind, "group": group,
-                             "message": message})
+        self._log.event(kind, message, self._schedule.cycle, self.phase, group)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -743,7 +656,7 @@ class Preconditioner(Optimizer):
         """The learning rate the inner optimizer gets for group ``index`` (None: parameters held)."""
         group = self.param_groups[index]
         if group["adaptive_lr"]:
-            if group.get("first_cycle_lr") is not None and self._control.cycles_completed <= 1:
+            if group.get("first_cycle_lr") is not None and self._schedule.cycles_completed <= 1:
                 lr = group["first_cycle_lr"] * group["lr"]  # the first cycle at a fixed step size
             elif group["step_size"] is None:
                 return None

@@ -134,9 +134,9 @@ def add_rows(out: Tensor, rows: Rows, coefficients: Tensor) -> Tensor:
 
 def posterior_factors(S: Rows, Y: Rows, system: PosteriorSystem) -> Tensor:
     """Return the rows of :math:`X = M^{-1}(Y - b_0 S)` as an ``(m, n)`` tensor in ``S``'s dtype."""
-    S, Y = torch.stack(list(S)), torch.stack(list(Y))
-    D = Y - system.mean.to(S.dtype) * S
-    return (torch.linalg.inv(system.M).to(S.dtype)) @ D
+    Sm, Ym = torch.stack(list(S)), torch.stack(list(Y))
+    D = Ym - system.mean.to(Sm.dtype) * Sm
+    return (torch.linalg.inv(system.M).to(Sm.dtype)) @ D
 
 
 def posterior_matvec(x: Tensor, S: Rows, Y: Rows, system: PosteriorSystem) -> Tensor:

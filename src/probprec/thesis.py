@@ -167,7 +167,8 @@ class ThesisPosterior(NamedTuple):
 
 
 def thesis_posterior(
-    SS: Tensor, SY: Tensor, alpha: Tensor, width: Tensor, noise: Tensor, mixed: bool, shift: Tensor
+    SS: Tensor, SY: Tensor, alpha: Tensor | float, width: Tensor | float, noise: Tensor | float, mixed: bool,
+    shift: Tensor | float,
 ) -> ThesisPosterior:
     r"""The reference's posterior system (module docstring), batched over leading dimensions.
 
@@ -239,15 +240,15 @@ def singular_extraction(S: Rows, X: Tensor, mean: Tensor, width: Tensor, k: int)
     """
     dtype = S[0].dtype
     small = accumulation_dtype(S[0].device)
-    S = torch.stack(list(S)).to(small)  # the largest singular value can dwarf the others: work in float64
+    Sm = torch.stack(list(S)).to(small)  # the largest singular value can dwarf the others: work in float64
     X = X.to(small)
-    n = S.shape[1]
+    n = Sm.shape[1]
     k = max(1, min(k, n - 1))
-    W, keep = _span_basis(S, X, 1e-5)
+    W, keep = _span_basis(Sm, X, 1e-5)
     b, w = mean.to(small), width.to(small)
-    SW, XW = S @ W, X @ W
-    SS = (S @ S.mT).to(small)
-    T = b**2 * torch.eye(W.shape[1], dtype=small, device=S.device) + b * w**2 * (XW.mT @ SW + SW.mT @ XW) \
+    SW, XW = Sm @ W, X @ W
+    SS = (Sm @ Sm.mT).to(small)
+    T = b**2 * torch.eye(W.shape[1], dtype=small, device=Sm.device) + b * w**2 * (XW.mT @ SW + SW.mT @ XW) \
         + w**4 * XW.mT @ SS @ XW
     evals, Z, valid = _top_k(T, keep, W.shape[1])
     values = torch.where(valid, evals.clamp_min(0).sqrt(), torch.full_like(evals, -1.0))
@@ -255,7 +256,7 @@ def singular_extraction(S: Rows, X: Tensor, mean: Tensor, width: Tensor, k: int)
     # the complement: singular value |b| along a fixed vector outside the span
     rank = int(keep.sum())
     if rank < n:
-        ones = torch.ones(n, dtype=S.dtype, device=S.device)
+        ones = torch.ones(n, dtype=Sm.dtype, device=Sm.device)
         basis = W[:, keep]
         rest = ones - basis @ (basis.mT @ ones)
         if float(rest.norm()) > 1e-6 * n**0.5:

@@ -1,10 +1,12 @@
-"""The inner ``torch.optim`` optimizer's hyperparameters, as the Preconditioner's parameter groups hold them.
+"""The values a parameter group of the Preconditioner holds, and their checks.
 
-Every hyperparameter of the inner optimizer (its ``defaults`` other than ``lr`` and ``weight_decay``:
-``momentum``, ``betas``, ``eps``, ...) lives in the Preconditioner's parameter groups under its own
-name, given globally or per group, so that LR schedulers see and change it (``OneCycleLR`` cycles
-``momentum`` or ``betas``); before every inner step the group's current values are copied to the inner
-group. Two keys differ:
+The optimizer's own values: ``lr`` (the multiplier of the estimated step size, or a fixed learning
+rate), ``adaptive_lr``, ``first_cycle_lr``, ``weight_decay``, ``inner_weight_decay`` and ``step_size``
+(set by the estimate). Every hyperparameter of the inner optimizer (its ``defaults`` other than ``lr``
+and ``weight_decay``: ``momentum``, ``betas``, ``eps``, ...) lives in the Preconditioner's parameter
+groups under its own name, given globally or per group, so that LR schedulers see and change it
+(``OneCycleLR`` cycles ``momentum`` or ``betas``); before every inner step the group's current values
+are copied to the inner group. Two keys differ:
 
 - ``lr``: the inner group's learning rate is the effective one the Preconditioner sets;
 - ``weight_decay`` is the objective's L2 coefficient, which enters the curvature model; the inner
@@ -23,10 +25,60 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["INNER_WEIGHT_DECAY", "InnerSpec"]
+from ._validation import check_float, check_parameters
+
+__all__ = ["INNER_WEIGHT_DECAY", "RESERVED_KEYS", "InnerSpec", "check_new_group", "own_defaults"]
 
 INNER_WEIGHT_DECAY = "inner_weight_decay"
 """The group key of the inner optimizer's own weight decay."""
+RESERVED_KEYS = ("adaptive_lr", "step_size")
+"""Group keys the optimizer sets itself."""
+
+
+def own_defaults(weight_decay: Any, inner_weight_decay: Any, lr: Any, first_cycle_lr: Any) -> dict[str, Any]:
+    """The optimizer's own per-group defaults, validated.
+
+    Raises:
+        ValueError: for a value out of its range (the message names it).
+    """
+    weight_decay = check_float("weight_decay", weight_decay, positive=False)
+    inner_weight_decay = check_float("inner_weight_decay", inner_weight_decay, positive=False)
+    if lr is not None:
+        lr = check_float("lr", lr, positive=True)
+    if first_cycle_lr is not None:
+        first_cycle_lr = check_float("first_cycle_lr", first_cycle_lr, positive=True)
+        if lr is not None:
+            raise ValueError(f"first_cycle_lr needs lr=None (an adaptive step size); with the fixed lr={lr} it "
+                             f"would never be used, got first_cycle_lr={first_cycle_lr}")
+    return {"lr": 1.0 if lr is None else lr, "adaptive_lr": lr is None, "first_cycle_lr": first_cycle_lr,
+            "weight_decay": weight_decay, INNER_WEIGHT_DECAY: inner_weight_decay, "step_size": None}
+
+
+def check_new_group(group: Mapping[str, Any], index: int, first_param: int, defaults: Mapping[str, Any],
+                    spec: InnerSpec) -> None:
+    """Validate a group before ``add_param_group`` changes anything.
+
+    Args:
+        group: the group as given (``params`` a list).
+        index: its index among the groups.
+        first_param: the index of its first parameter among all parameters.
+        defaults: the optimizer's defaults.
+        spec: the inner optimizer's hyperparameters.
+    """
+    tensors = [p[1] if isinstance(p, tuple) else p for p in group["params"]]
+    check_parameters(tensors, first_index=first_param)
+    explicit = {k: v for k, v in group.items() if k != "params"}
+    filled = {**defaults, **group, "params": tensors}
+    label = f"param_groups[{index}]"
+    for reserved in RESERVED_KEYS:
+        if reserved in explicit:
+            raise ValueError(f"{label}: {reserved} is set by the optimizer, not by a group")
+    multiplier = " (a multiplier of the adaptive step size)" if filled["adaptive_lr"] else ""
+    check_float(f"{label}['lr']{multiplier}", filled["lr"], positive=True)
+    for key in ("weight_decay", INNER_WEIGHT_DECAY):
+        check_float(f"{label}[{key!r}]", filled[key], positive=False)
+    inner_explicit = {k: v for k, v in explicit.items() if k in spec.keys or k == INNER_WEIGHT_DECAY}
+    spec.check_group(filled, inner_explicit, f"{label}: ")
 
 
 def _describe(values: Mapping[str, Any]) -> str:

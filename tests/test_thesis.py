@@ -1,8 +1,8 @@
 """Thesis mode: the 2019 reference arithmetic against an independent transcription, and each fix alone.
 
-The transcription (class ``Reference``) restates spec/algorithm-reference.md §a step by step in float64,
-with dense matrices and unit columns as the 2019 class kept them; the optimizer runs in float32 on the same
-minibatches (spec §e.2: a quadratic with exact block-diagonal Hessian and a least-squares problem with a
+The transcription (class ``Reference``) restates the 2019 class (ludwigbald/probprec at 227a924) step by
+step in float64, with dense matrices and unit columns as the 2019 class kept them; the optimizer runs in
+float32 on the same minibatches (a quadratic with exact block-diagonal Hessian and a least-squares problem with a
 noisy batch Hessian).
 """
 
@@ -100,7 +100,7 @@ class LeastSquares:
 
 
 class Reference:
-    """spec/algorithm-reference.md §a, one cycle, one parameter group, dense and in float64.
+    """The 2019 class, one cycle, one parameter group, dense and in float64.
 
     ``fixes`` applies named fixes of :mod:`probprec.thesis` to the transcription, each restated here from
     its definition (the quirk table), independently of the library's code paths.

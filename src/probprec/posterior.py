@@ -42,7 +42,7 @@ The exact matrix-inversion lemma gives, with :math:`D = Y - b_0 S`,
 minibatch gradient :math:`g`; with ``orthogonal=True`` only the part of it that is
 new with respect to the (mutually orthogonal) observed directions is kept and
 rescaled to the length of :math:`s`, as a Lanczos step would. That keeps :math:`S`
-well conditioned under noise (spec/algorithm.md §2c); the projection
+well conditioned under noise; the projection
 coefficients :math:`S s` follow from the small matrices, so the orthogonal
 direction costs no extra pass over :math:`S`.
 """

@@ -11,7 +11,7 @@ so :math:`P` scales the component of :math:`g` along :math:`u_j` by :math:`c_j` 
 the orthogonal complement alone. Applying it costs two passes over :math:`U` per
 tensor and no host synchronisation.
 
-**Default rule** (spec/algorithm.md §2, paper eq. 17 with consistent units). The
+**Default rule** (paper eq. 17, in consistent units). The
 optimizer steps with the prior step :math:`\alpha = 1/b_0`; along :math:`u_j` the step
 becomes the Newton step :math:`1/\sigma_j` wherever that is shorter:
 

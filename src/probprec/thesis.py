@@ -1,10 +1,10 @@
 r"""The 2019 reference arithmetic (L. Bald's thesis class), quirk by quirk, as pure functions.
 
 ``Preconditioner(..., mode="thesis")`` reproduces the arithmetic of the thesis's
-``Preconditioner`` (ludwigbald/probprec, ``code/probprec.py`` at 227a924;
-spec/algorithm-reference.md §a). Each of its departures from the default mode
-is a named *quirk*, and each quirk has a named *fix*: ``fixes=(...)`` turns
-single fixes on, and ``fixes="all"`` gives exactly the default mode. The
+``Preconditioner`` (ludwigbald/probprec, ``code/probprec.py`` at commit 227a924).
+Each of its departures from the default mode is a named *quirk*, and each quirk
+has a named *fix*: ``fixes=(...)`` turns single fixes on, and ``fixes="all"``
+gives exactly the default mode. The
 functions here compute the quirky quantities; the optimizer shares every other
 line with the default mode.
 
@@ -12,15 +12,15 @@ Notation as in :mod:`probprec.posterior` (rows :math:`s_i`, :math:`y_i`,
 :math:`r_i = \lVert s_i \rVert^2`, :math:`D = \operatorname{diag}(r)`), and the
 reference's unit columns :math:`\hat s_i = s_i/\sqrt{r_i}`, :math:`\hat y_i = y_i/\sqrt{r_i}`.
 
-**Prior noise** (quirk ``probe_noise``, pitfall d.1): with each prior minibatch
+**Prior noise** (quirk ``probe_noise``): with each prior minibatch
 probed along its own gradient,
 
 .. math:: \lambda = \Bigl| \sum_t \lVert v_t \rVert^2 - \bigl\lVert \sum_t v_t \bigr\rVert^2 \Bigr| / P ,
 
 which grows with the squared mean gradient rather than with the noise.
 
-**Posterior** (quirks ``mixed_normalization`` d.2, ``inconsistent_prior_mean`` d.3,
-``transposed_capacitance`` d.4). The reference solves
+**Posterior** (quirks ``mixed_normalization``, ``inconsistent_prior_mean``,
+``transposed_capacitance``). The reference solves
 :math:`\hat X (w G + \lambda N) = \hat Y - b_\Delta \hat S` with
 :math:`G_{ij} = w\, \hat s_i^\top \hat s_j` off the diagonal but :math:`G_{ii} = w\, r_i`,
 :math:`N_{ii} = \lambda r_i`, and :math:`b_\Delta = \alpha` (the prior mean of
@@ -31,17 +31,18 @@ which grows with the squared mean gradient rather than with the noise.
 
 the inversion lemma with the capacitance matrix transposed (exact: :math:`\hat S^\top \hat X`).
 
-**Low rank** (quirk ``singular_values``, d.5): the top-k singular values
+**Low rank** (quirk ``singular_values``): the top-k singular values
 :math:`\sigma_j` and left singular vectors of the non-symmetric :math:`\hat B`
 (ARPACK ``svds`` in the reference; here exact and deterministic, from the
 low-rank structure, see :func:`singular_extraction`).
 
-**Preconditioner** (quirk ``absolute_units``, d.6):
+**Preconditioner** (quirk ``absolute_units``):
 :math:`P_\text{ref} = I - U (I - \Sigma^{-1/2}) U^\top`, i.e. factors
 :math:`f_j = \sigma_j^{-1/2} - 1`, in absolute units.
 
-The other quirks change the phase machine only (schedule, probes, gradient
-handling, the inner optimizer) and are implemented in :mod:`probprec.optimizer`.
+The other quirks change the cycle's schedule, its probes, what ``p.grad`` holds and the
+inner optimizer's fate; :class:`probprec.arithmetic.ThesisArithmetic` implements every quirk
+through its hooks.
 """
 
 from __future__ import annotations
@@ -71,47 +72,47 @@ __all__ = [
 QUIRKS: dict[str, tuple[str, str]] = {
     "probe_noise": (
         "paired_noise",
-        "noise |sum ||v||^2 - ||sum v||^2| / P from the prior's own gradients (d.1); the fix probes the prior "
+        "noise |sum ||v||^2 - ||sum v||^2| / P from the prior's own gradients; the fix probes the prior "
         "minibatches in pairs along one vector and measures the spread of their Hessian-vector products",
     ),
     "mixed_normalization": (
         "consistent_normalization",
-        "raw squared norms on the diagonal of the Gram matrix, unit columns off it (d.2)",
+        "raw squared norms on the diagonal of the Gram matrix, unit columns off it",
     ),
     "inconsistent_prior_mean": (
         "consistent_prior_mean",
-        "residual Y - alpha S in the posterior, Y - S at the setup, I/alpha in the posterior mean (d.3)",
+        "residual Y - alpha S in the posterior, Y - S at the setup, I/alpha in the posterior mean",
     ),
-    "transposed_capacitance": ("exact_capacitance", "the inversion lemma with X'S instead of S'X (d.4)"),
+    "transposed_capacitance": ("exact_capacitance", "the inversion lemma with X'S instead of S'X"),
     "singular_values": (
         "eigen_extraction",
-        "top-k singular values and vectors of the non-symmetric posterior mean (d.5); the fix extracts signed "
+        "top-k singular values and vectors of the non-symmetric posterior mean; the fix extracts signed "
         "curvatures (Rayleigh-Ritz by default)",
     ),
     "absolute_units": (
         "consistent_units",
-        "P = I - U (I - Sigma^(-1/2)) U' in absolute units (d.6); the fix rescales by b0/sigma where sigma > b0",
+        "P = I - U (I - Sigma^(-1/2)) U' in absolute units; the fix rescales by b0/sigma where sigma > b0",
     ),
-    "unguarded_step_size": ("guarded_step_size", "a negative or non-finite step size is used as it is (d.7)"),
+    "unguarded_step_size": ("guarded_step_size", "a negative or non-finite step size is used as it is"),
     "polluted_gradient": (
         "true_gradient",
-        "p.grad holds g + Hv after an estimation step and the preconditioned gradient after an update (d.9)",
+        "p.grad holds g + Hv after an estimation step and the preconditioned gradient after an update",
     ),
-    "inner_rebuilt": ("persistent_inner", "the inner optimizer is rebuilt (momentum reset) at every cycle (a.8)"),
+    "inner_rebuilt": ("persistent_inner", "the inner optimizer is rebuilt (momentum reset) at every cycle"),
     "unregularized_directions": (
         "regularized_directions",
         "posterior directions and the preconditioned gradient ignore weight decay; the inner optimizer adds it "
-        "after preconditioning (d.15)",
+        "after preconditioning",
     ),
     "same_batch_observations": (
         "next_batch_observations",
-        "each direction is observed on the minibatch it was built from (§2c)",
+        "each direction is observed on the minibatch it was built from",
     ),
-    "unorthogonalized_directions": ("orthogonal_directions", "active directions are not orthogonalised (§2c)"),
+    "unorthogonalized_directions": ("orthogonal_directions", "active directions are not orthogonalised"),
     "reference_schedule": (
         "prior_observation",
         "the first observation averages the prior's Hessian-vector products along different gradients, and an "
-        "extra minibatch without a Hessian-vector product ends each cycle (a.1, a.4)",
+        "extra minibatch without a Hessian-vector product ends each cycle",
     ),
 }
 """Quirk name -> (the name of its fix, what the quirk is)."""

@@ -19,15 +19,26 @@ parameter element (besides the inner optimizer's) in each phase.
 
     python benchmarks/overhead.py                 # both models, 5 repetitions
     python benchmarks/overhead.py --model mlp --repeats 7
+
+``--baseline SRC`` adds the same variants from another copy of the library (its ``src`` folder, e.g. a
+``git worktree`` of an earlier commit), imported under another name, so that a change is measured
+against the code before it in one process:
+
+    git worktree add /tmp/before <commit> && python benchmarks/overhead.py --baseline /tmp/before/src
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import shutil
 import statistics
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -102,6 +113,23 @@ CANDIDATES: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
     "AdaptiveSGD": lambda p: AdaptiveSGD(p),
     "OnlyAdaptiveSGD": lambda p: OnlyAdaptiveSGD(p),
 }
+
+
+def add_baseline(src: str) -> list[str]:
+    """Import the library in ``src`` as ``probprec_baseline``; add its variants as candidates; return their names."""
+    folder = Path(tempfile.mkdtemp()) / "probprec_baseline"
+    folder.mkdir()
+    for module in Path(src, "probprec").glob("*.py"):  # the optimizer only (relative imports), not the harness
+        shutil.copy(module, folder)
+    sys.path.insert(0, str(folder.parent))
+    baseline = importlib.import_module("probprec_baseline")
+    names = []
+    for variant in ("PreconditionedSGD", "AdaptiveSGD", "OnlyAdaptiveSGD"):
+        name = f"{variant} (baseline)"
+        cls = getattr(baseline, variant)
+        CANDIDATES[name] = lambda p, cls=cls: cls(p)
+        names.append(name)
+    return names
 
 
 def batches(shape, batch_size, count=20, seed=0):
@@ -209,14 +237,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps per epoch (default: the problem's)")
     parser.add_argument("--cnn-sample", type=int, default=40, help="optimization steps timed on the cnn")
     parser.add_argument("--cnn-full", action="store_true", help="time whole cnn epochs")
+    parser.add_argument("--baseline", metavar="SRC", help="another copy's src folder, to compare against")
     args = parser.parse_args()
+    baseline = add_baseline(args.baseline) if args.baseline else []
     warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for model_name in (["mlp", "cnn"] if args.model == "both" else [args.model]):
         _, shape, default_steps = MODELS[model_name]
         steps = args.steps or default_steps
         sample = None if model_name == "mlp" or args.cnn_full else args.cnn_sample
-        names = ["SGD", *TARGETS[model_name], *REFERENCES[model_name]]
+        variants = [b for b in baseline if b.split(" ")[0] in TARGETS[model_name]]
+        names = ["SGD", *TARGETS[model_name], *variants, *REFERENCES[model_name]]
         data = batches(shape, 128)
         ratios: dict[str, dict[str, list[float]]] = {n: {"wall": [], "cpu": []} for n in names[1:]}
         sgd_times = []

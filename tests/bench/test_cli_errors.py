@@ -95,7 +95,7 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys, monkeypatch):
 def test_sweep_file_that_is_not_utf8_names_the_file_and_position(paths, capsys):
     assert exit_code(["sweep", paths["BIN"]]) == 2
     line = one_error_line(capsys)
-    assert paths["BIN"] in line and "UTF-8" in line and "byte 11" in line
+    assert paths["BIN"] in line and "not valid UTF-8 at byte 11 (line 2)" in line
 
 
 def test_an_os_error_anywhere_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
@@ -119,6 +119,17 @@ def test_a_user_error_anywhere_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(cli, "_list", refuse)
     assert main(["list"]) == 2
     assert one_error_line(capsys) == "probprec: error: the thing named X is not acceptable (accepted: Y)"
+
+
+def test_a_message_of_several_lines_is_still_one_line(capsys, monkeypatch):
+    import probprec.bench.cli as cli
+
+    def refuse():
+        raise UserError("first part\n  second part\n")
+
+    monkeypatch.setattr(cli, "_list", refuse)
+    assert main(["list"]) == 2
+    assert one_error_line(capsys) == "probprec: error: first part; second part"
 
 
 def test_our_own_bugs_keep_their_traceback(monkeypatch):

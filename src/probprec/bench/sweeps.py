@@ -259,14 +259,14 @@ def read_toml(path: str | Path, kind: str = "sweep file") -> dict[str, Any]:
     except FileNotFoundError:
         raise SweepError(f"{path}: no such {kind}") from None
     except IsADirectoryError:
-        raise SweepError(f"{path}: is a directory, not a {kind}") from None
+        raise SweepError(f"{path}: is a directory (expected: the {kind})") from None
     except OSError as error:
         raise SweepError(str(os_user_error(error, path, "read"))) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        raise SweepError(f"{path}: not valid UTF-8 at byte {error.start} (line {line}); a {kind} is UTF-8 text") \
+        raise SweepError(f"{path}: not valid UTF-8 at byte {error.start} (line {line}); save the {kind} as UTF-8") \
             from None
     try:
         return tomllib.loads(text)

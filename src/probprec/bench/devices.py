@@ -29,8 +29,8 @@ def resolve_device(name: str) -> torch.device:
             what is accepted).
 
     Example:
-        >>> resolve_device("cpu"), resolve_device("auto" if not torch.cuda.is_available() else "cpu")
-        (device(type='cpu'), device(type='cpu'))
+        >>> resolve_device("cpu")
+        device(type='cpu')
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

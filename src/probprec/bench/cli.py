@@ -67,7 +67,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("problem", help="a problem name (see `probprec list`)")
     run.add_argument("--optimizer", required=True, help="an optimizer name, or a torch.optim class by path")
     run.add_argument("--hp", nargs="+", default=[], metavar="KEY=VALUE",
-                     help="optimizer hyperparameters, e.g. --hp lr=0.1 momentum=0.9")
+                     help="optimizer hyperparameters, e.g. --hp lr=0.1 momentum=0.9 nesterov=true betas='(0.9, 0.99)'"
+                          " (Python literals, true/false; other text is a string; numbers must be finite)")
     run.add_argument("--seed", type=_seed, default=42, help="random seed (default %(default)s)")
     run.add_argument("--epochs", type=_positive_int, help="default: the problem's")
     run.add_argument("--batch-size", type=_positive_int, help="default: the problem's")

@@ -179,7 +179,7 @@ def _list() -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .optimizers import parse_hyperparameters
+    from .hyperparams import parse_hyperparameters
     from .runner import RunConfig, run
     from .threads import threads_per_process, using_threads
 

@@ -83,7 +83,7 @@ def test_runtime_command_prints_ratios_against_sgd(tmp_path, capsys):
             "--repetitions", "2", "--epochs", "1", "--output-dir", str(tmp_path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "digits_mlp, 2 repetitions x 3 optimizers x 1 epochs" in out
+    assert "digits_mlp, 2 repetitions x 3 optimizers x 1 epoch, " in out
     rows = [line for line in out.splitlines() if line.startswith(("SGD ", "PreconditionedSGD", "OnlyAdaptiveSGD"))]
     assert len(rows) == 3 and rows[0].split()[2] == "1.000"  # SGD against itself
     ratios = pd.read_csv(tmp_path / "report" / "tables" / "runtime.csv")

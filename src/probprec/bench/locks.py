@@ -119,7 +119,11 @@ def holding(path: Path, busy: str) -> Iterator[None]:
 
 
 def holder_of(path: Path) -> str | None:
-    """Who holds the lock ``path`` now (its description), or None when nobody does."""
+    """Who holds the lock ``path`` now (its description), or None when nobody does.
+
+    A probe for tests and diagnostics: it holds a shared lock for an instant, and a process that tries to take
+    the lock in that instant is refused.
+    """
     if fcntl is None:  # pragma: no cover - not POSIX
         return None
     try:

@@ -26,9 +26,9 @@ def dot(a: Tensor, b: Tensor) -> Tensor:
     in the parameters' dtype.
 
     Example:
-        >>> x = torch.tensor([3e20, 4e20])
-        >>> float(dot(x, x))
-        2.5e+41
+        >>> x = torch.tensor([3.0, 4.0]) * 2.0**70  # exact in float32
+        >>> float(torch.dot(x, x)), float(dot(x, x)) == 25 * 2.0**140
+        (inf, True)
     """
     dtype = accumulation_dtype(a.device)
     return torch.dot(a.to(dtype), b.to(dtype))

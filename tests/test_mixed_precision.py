@@ -211,3 +211,21 @@ def test_sums_are_formed_in_float64_whatever_the_scale_and_dtype(dtype, scale):
     rel = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
     assert log["step_sizes"][0] == pytest.approx(reference_step_size(scale), rel=rel)
     assert not torch.equal(theta, start), "the parameters must move"
+
+
+@pytest.mark.parametrize("scale", [1e10, 1e-15, 1e-19], ids=["1e10", "1e-15", "1e-19"])
+def test_a_whole_cycle_is_independent_of_the_loss_scale(scale):
+    """Prior, posterior and extraction: the curvatures scale with the loss, the step size inversely."""
+    logs = {}
+    for factor in (1.0, scale):
+        theta, loss = quadratic(torch.float32, factor)
+        opt = PreconditionedSGD([theta], prior_iterations=P, num_observations=K)
+        for _ in range(P + K + 1):
+            opt.zero_grad()
+            loss().backward(create_graph=opt.create_graph)
+            opt.step()
+        logs[factor] = opt.get_log()
+    plain, scaled = logs[1.0], logs[scale]
+    assert scaled["events"] == [] and scaled["cycles_completed"] == 1
+    assert scaled["step_sizes"][0] * scale == pytest.approx(plain["step_sizes"][0], rel=1e-4)
+    assert [e / scale for e in scaled["eigenvalues"][0]] == pytest.approx(plain["eigenvalues"][0], rel=1e-3)

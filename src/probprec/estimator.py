@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from . import lowrank
-from ._precision import accumulation_dtype, dot
+from ._precision import accumulation_dtype, dot, widened
 from .arithmetic import Arithmetic
 from .config import Config
 from .cycle_state import GroupCycle, PriorScalars, TensorCycle
@@ -348,7 +348,8 @@ class CycleEstimator:
             else:  # the prior's buffers become the first row of S and of Y
                 s0, y0 = probe.mul_(scale), product.mul_(scale)
             tc.directions, tc.observations = [s0], [y0]
-            entries.append(torch.stack((dot(s0, s0), dot(s0, y0))).to(device, small))
+            s0_wide = widened(s0)
+            entries.append(torch.stack((torch.dot(s0_wide, s0_wide), dot(s0_wide, y0))).to(device, small))
         entries_t = torch.stack(entries)
         group.gram_ss[:, 0, 0] = entries_t[:, 0]
         group.gram_sy[:, 0, 0] = entries_t[:, 1]

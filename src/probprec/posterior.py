@@ -55,7 +55,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._precision import accumulation_dtype, dot
+from ._precision import accumulation_dtype, dot, widened
 
 Rows = Sequence[Tensor]
 
@@ -121,6 +121,7 @@ def row_dots(rows: Rows, x: Tensor) -> Tensor:
     r""":math:`S x` for rows :math:`s_i`: the vector of :math:`s_i^\top x`, formed in the accumulation dtype."""
     if len(rows) == 0:
         return x.new_zeros(0, dtype=accumulation_dtype(x.device))
+    x = widened(x)  # converted once for all rows
     return torch.stack([dot(r, x) for r in rows])
 
 

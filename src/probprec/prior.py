@@ -49,7 +49,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._precision import accumulation_dtype, dot
+from ._precision import accumulation_dtype, widened
 
 __all__ = ["PriorEstimate", "curvature_sums", "estimate_prior", "noise_sums"]
 
@@ -87,8 +87,8 @@ def curvature_sums(probes: Sequence[Tensor], hvps: Sequence[Tensor]) -> Tensor:
     """
     rows = []
     for v, h in zip(probes, hvps, strict=True):
-        v, h = v.reshape(-1), h.reshape(-1)
-        rows.append(torch.stack((dot(v, h), dot(h, h), dot(v, v))))
+        v, h = widened(v.reshape(-1)), widened(h.reshape(-1))  # one conversion each, three products
+        rows.append(torch.stack((torch.dot(v, h), torch.dot(h, h), torch.dot(v, v))))
     return _sum_rows(rows)
 
 
@@ -111,8 +111,8 @@ def noise_sums(probes: Sequence[Tensor], differences: Sequence[Tensor]) -> Tenso
     """
     rows = []
     for v, d in zip(probes, differences, strict=True):
-        d, v = d.reshape(-1), v.reshape(-1)
-        rows.append(torch.stack((dot(d, d), v.numel() * dot(v, v))))
+        d, v = widened(d.reshape(-1)), widened(v.reshape(-1))
+        rows.append(torch.stack((torch.dot(d, d), v.numel() * torch.dot(v, v))))
     return _sum_rows(rows)
 
 

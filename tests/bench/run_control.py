@@ -2,7 +2,7 @@
 
 A test that interrupts, kills or competes with a run must act while that run is certainly in progress.
 :func:`pause_env` makes every run started with it wait after the checkpoint of a given epoch
-(:mod:`probprec.bench.pause`); :func:`wait_for` waits for a condition with a generous deadline (a
+(:mod:`probprec.bench._pause`); :func:`wait_for` waits for a condition with a generous deadline (a
 busy machine only makes it take longer); :func:`paused` lists the waiting runs and :func:`release`
 lets one go on.
 """
@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from probprec.bench._pause import PAUSE_DIR_VARIABLE, PAUSE_EPOCH_VARIABLE
 from probprec.bench.locks import RUN_LOCK_NAME, holder_of
-from probprec.bench.pause import PAUSE_DIR_VARIABLE, PAUSE_EPOCH_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240.0

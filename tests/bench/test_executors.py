@@ -14,8 +14,10 @@ from run_control import locks_free, pause_env, paused, release, wait_for
 from sweep_helpers import EXAMPLES, per_run, results, sweep_main, write_sweep
 
 from probprec.bench.cli import _build_parser
-from probprec.bench.executors import emit_commands, hyperparameter_argument, prepare_runs, run_sweep
+from probprec.bench.commands import emit_commands
+from probprec.bench.hyperparams import hyperparameter_argument
 from probprec.bench.optimizers import parse_hyperparameters
+from probprec.bench.orchestration import prepare_runs, run_sweep
 from probprec.bench.runner import ConfigError, run
 from probprec.bench.sweeps import load_sweep
 

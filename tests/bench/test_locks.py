@@ -18,8 +18,8 @@ import pytest
 from run_control import cli, pause_env, paused, release, wait_for
 from sweep_helpers import per_run, results, write_sweep
 
-from probprec.bench.executors import run_sweep
 from probprec.bench.locks import LockHeldError, holder_of, holding, run_lock_path
+from probprec.bench.orchestration import run_sweep
 from probprec.bench.runner import RunConfig, run, run_folder
 from probprec.bench.sweeps import load_sweep
 

@@ -8,8 +8,8 @@ from sweep_helpers import write_sweep
 from probprec.bench.ablation import run_ablation
 from probprec.bench.benchmark import run_benchmark
 from probprec.bench.demo import run_demo
-from probprec.bench.executors import run_sweep
 from probprec.bench.experiment import run_runtime
+from probprec.bench.orchestration import run_sweep
 from probprec.bench.sweeps import load_sweep
 from probprec.bench.tuning import tune
 

@@ -15,8 +15,9 @@ import pytest
 from run_control import paused, release, wait_for
 from sweep_helpers import per_run, results, write_sweep
 
-from probprec.bench.executors import SlurmOptions, run_sweep
-from probprec.bench.pause import PAUSE_DIR_VARIABLE, PAUSE_EPOCH_VARIABLE
+from probprec.bench._pause import PAUSE_DIR_VARIABLE, PAUSE_EPOCH_VARIABLE
+from probprec.bench.orchestration import run_sweep
+from probprec.bench.slurm_executor import SlurmOptions
 from probprec.bench.sweeps import load_sweep
 from probprec.bench.threads import threads_per_process
 

@@ -7,7 +7,7 @@ import math
 import pytest
 from sweep_helpers import EXAMPLES, sweep_main, write_sweep
 
-from probprec.bench.executors import prepare_runs
+from probprec.bench.orchestration import prepare_runs
 from probprec.bench.sweeps import SweepError, expand, load_sweep, settings
 
 SEARCH = """

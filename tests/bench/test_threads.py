@@ -13,8 +13,8 @@ from probprec.bench import demo, runner
 from probprec.bench.benchmark import run_benchmark
 from probprec.bench.cli import main
 from probprec.bench.environment import environment
-from probprec.bench.executors import run_sweep
 from probprec.bench.experiment import run_runtime
+from probprec.bench.orchestration import run_sweep
 from probprec.bench.runner import RunConfig, run
 from probprec.bench.sweeps import load_sweep
 from probprec.bench.threads import available_cores, threads_per_process, using_threads

@@ -7,7 +7,7 @@ import json
 import pytest
 from sweep_helpers import results, sweep_main, write_sweep
 
-from probprec.bench.executors import run_sweep
+from probprec.bench.orchestration import run_sweep
 from probprec.bench.runner import ConfigError
 from probprec.bench.sweeps import load_sweep
 from probprec.bench.tuning import tune
@@ -19,10 +19,6 @@ optimizers = [{ name = "SGD", grid = { lr = [0.001, 0.01, 0.1, 1e6] } }]
 seeds = [42]
 epochs = 2
 """
-
-
-def _lr(path) -> float:
-    return json.loads(path.read_text())["optimizer_hyperparams"]["lr"]
 
 
 def test_the_choice_is_made_on_validation_and_rerun_with_ten_seeds(tmp_path):

@@ -2,3 +2,5 @@
 
 It uses :mod:`probprec` only through its public API, like any user would.
 """
+
+__all__: list[str] = []  # the modules are imported by name (probprec.bench.orchestration, ...)

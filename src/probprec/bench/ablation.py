@@ -87,9 +87,10 @@ def run_ablation(output_dir: str | Path = "results/ablation", scale: str = "smok
     return text
 
 
-def _median(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+def _median(values: list[float | None]) -> float | None:
+    """The median of the values that are not None (None if there are none)."""
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 def _fmt(value: float | None, spec: str = ".4g") -> str:

@@ -95,15 +95,15 @@ def _final(record: dict[str, Any]) -> str:
 def console_table(summary: pd.DataFrame) -> str:
     """Problem, optimizer, status and the final test metric (median over seeds) of a report's summary."""
     lines = [f"{'problem':<22} {'optimizer':<18} {'runs':<24} {'final test metric (median)':<28} s / epoch"]
-    for row in summary.itertuples():
-        accuracy = getattr(row, "final_test_accuracy_median", math.nan)
+    for row in summary.to_dict("records"):
+        accuracy = row.get("final_test_accuracy_median", math.nan)
         if isinstance(accuracy, float) and not math.isnan(accuracy):
             metric = f"accuracy {accuracy:.4f}"
-        elif not math.isnan(row.final_test_loss_median):
-            metric = f"loss {row.final_test_loss_median:.4g}"
+        elif not math.isnan(row["final_test_loss_median"]):
+            metric = f"loss {row['final_test_loss_median']:.4g}"
         else:
             metric = "n/a (no run finished)"
-        seconds = row.seconds_per_epoch_median
-        lines.append(f"{row.problem:<22} {row.optimizer:<18} {row.status:<24} {metric:<28} "
+        seconds = row["seconds_per_epoch_median"]
+        lines.append(f"{row['problem']:<22} {row['optimizer']:<18} {row['status']:<24} {metric:<28} "
                      + ("n/a" if math.isnan(seconds) else f"{seconds:.4f}"))
     return "\n".join(lines)

@@ -14,11 +14,14 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from . import sweep_cli
 from .analysis.metrics import SELECTION_METRICS
 from .argtypes import int_at_least
 from .errors import ConfigError, UserError, describe_os_error
+from .executor import LOCAL
+from .runner import RESTART_POLICIES
 
 __all__ = ["main"]
 
@@ -28,7 +31,7 @@ EXIT_CODES = {"completed": 0, "diverged": 0, "skipped": 0, "failed": 1, "interru
 class _Parser(argparse.ArgumentParser):
     """argparse that reports errors in one line."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -37,19 +40,18 @@ _seed = int_at_least(0)
 
 
 def _restart(text: str) -> str | int:
-    if text in ("default", "epoch", "optimizer", "never"):
+    """``--restart``: a restart policy by name or an integer >= 1 (:data:`probprec.bench.runner.RESTART_POLICIES`)."""
+    if text in RESTART_POLICIES:
         return text
     try:
         return _positive_int(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
-            f"must be default, epoch, optimizer, never or an integer >= 1, got {text!r}") from None
+            f"must be {', '.join(RESTART_POLICIES)} or an integer >= 1, got {text!r}") from None
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="probprec", description="Probabilistic preconditioning: benchmarks and demos.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_benchmark_command(sub: Any) -> None:
+    """``benchmark``: the embedded benchmark and its report."""
     bench = sub.add_parser("benchmark", help="the embedded benchmark (no download): runs and their report",
                            description="Every problem that needs no download x PreconditionedSGD, AdaptiveSGD, "
                                        "SGD, Adam x 3 seeds; writes results and OUTPUT_DIR/report (HTML, Markdown, "
@@ -62,6 +64,9 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--force", action="store_true", help="run again even where results exist (new files)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+def _add_run_command(sub: Any) -> None:
+    """``run``: one run of one problem with one optimizer."""
     run = sub.add_parser("run", help="one run of one problem with one optimizer",
                          description="Train PROBLEM with OPTIMIZER and write one result file in DeepOBS's layout.")
     run.add_argument("problem", help="a problem name (see `probprec list`)")
@@ -83,6 +88,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="run again even if a result exists (a new file)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _add_ablation_command(sub: Any) -> None:
+    """``ablation``: the thesis mode, the default mode and each fix alone."""
     ablation = sub.add_parser("ablation", help="the thesis mode, the default mode and each of its fixes alone",
                               description="PreconditionedSGD in the default mode, the thesis mode, and the thesis "
                                           "mode with each single fix; writes ablation.md.")
@@ -94,6 +102,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
     ablation.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+def _add_report_command(sub: Any) -> None:
+    """``report``: a report from result files."""
     report = sub.add_parser("report", help="an HTML and Markdown report (tables, figures) from result files",
                             description="Load every result file under RESULTS_DIR (ours or DeepOBS 1.2/1.1; files "
                                         "that break the result schema are named and left out), choose each "
@@ -119,6 +130,9 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--baseline", default="SGD", help="runtimes are relative to it (default %(default)s)")
     report.add_argument("--title", default="probprec report", help="the report's title")
 
+
+def _add_experiment_command(sub: Any) -> None:
+    """``experiment``: a thesis or paper experiment and its report."""
     experiment = sub.add_parser("experiment", help="run a thesis or paper experiment and write its report",
                                 description="Run one scale of an experiment (a sweep file with a [report] table) "
                                             "and write its report. Shipped: "
@@ -130,6 +144,9 @@ def _build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--report-only", action="store_true", help="only (re)write the report")
     sweep_cli.add_executor_options(experiment)
 
+
+def _add_runtime_command(sub: Any) -> None:
+    """``runtime``: time per epoch relative to SGD (thesis Exp. 2)."""
     runtime = sub.add_parser("runtime", help="thesis Exp. 2: time per epoch relative to SGD, wall clock and CPU",
                              description="Per repetition, SGD (lr 0.01) and then each optimizer for --epochs "
                                          "epochs; prints each optimizer's time per epoch relative to SGD's.")
@@ -143,17 +160,31 @@ def _build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--output-dir", default="results/runtime", help="default %(default)s")
     runtime.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
 
-    sweep_cli.add_commands(sub)
 
-    sub.add_parser("list", help="the problems and optimizers with their defaults",
-                   description="List the problems and optimizers with their defaults.")
-
+def _add_demo_command(sub: Any) -> None:
+    """``demo``: PreconditionedSGD and SGD side by side on scikit-learn's digits."""
     demo = sub.add_parser("demo", help="PreconditionedSGD and SGD side by side on scikit-learn's digits",
                           description="A quick side-by-side training on scikit-learn's digits (no download).")
     demo.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default %(default)s)")
     demo.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default %(default)s)")
     demo.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation and batch order")
     demo.add_argument("--output-dir", default="results/demo", help="where demo.json and demo.png go")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    """The parser of every command."""
+    parser = _Parser(prog="probprec", description="Probabilistic preconditioning: benchmarks and demos.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_benchmark_command(sub)
+    _add_run_command(sub)
+    _add_ablation_command(sub)
+    _add_report_command(sub)
+    _add_experiment_command(sub)
+    _add_runtime_command(sub)
+    sweep_cli.add_commands(sub)
+    sub.add_parser("list", help="the problems and optimizers with their defaults",
+                   description="List the problems and optimizers with their defaults.")
+    _add_demo_command(sub)
     return parser
 
 
@@ -291,7 +322,7 @@ COMMANDS = {"list": _list_command, "run": _run, "benchmark": _benchmark, "ablati
 
 def _check_local_device(args: argparse.Namespace) -> None:
     """``--device`` of a command that trains in this process or its workers (Slurm nodes check their own)."""
-    if getattr(args, "device", None) is not None and getattr(args, "executor", "local") == "local":
+    if getattr(args, "device", None) is not None and getattr(args, "executor", LOCAL) == LOCAL:
         from .devices import resolve_device
 
         resolve_device(args.device)

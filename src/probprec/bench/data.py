@@ -6,9 +6,12 @@ The files are read by this module from the layouts that ``torchvision`` download
 when asked (``download=True``). Reading the formats here (IDX, the pickled CIFAR
 batches, SVHN's MATLAB files) keeps the loaders testable on tiny files.
 
-Splits differ from DeepOBS's PyTorch beta on purpose (spec/benchmark-protocol.md §3):
-the validation set is drawn with a fixed *split seed*, not the run seed, so every
-run of a problem sees the same validation set; ``train_eval`` (the set the
+Splits differ from DeepOBS's PyTorch beta (1.2.0-beta0) on purpose. The beta draws
+its validation set with the run's seed, so the validation set changes with the seed,
+and reports the "train" metrics on a fresh random subset of the whole official
+training set (validation examples included), augmented and redrawn every epoch.
+Here the validation set is drawn with a fixed *split seed*, not the run seed, so
+every run of a problem sees the same validation set; ``train_eval`` (the set the
 "train" metrics are reported on) is a fixed subset of the training part, the
 same size as the validation set, never overlapping it and never augmented.
 """
@@ -20,6 +23,7 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 __all__ = [
+    "ArraySplits",
     "DataMissingError",
     "ImageDataset",
     "Splits",
@@ -39,6 +44,9 @@ __all__ = [
 
 SPLIT_SEED = 42
 """Seed of every validation split and train_eval subset (independent of the run seed)."""
+
+ArraySplits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""A data set as read from its files: train images, train labels, test images, test labels."""
 
 
 class DataMissingError(FileNotFoundError):
@@ -136,7 +144,7 @@ _MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-imag
                 "t10k-labels-idx1-ubyte"]
 
 
-def load_mnist(root: str | Path, fashion: bool = False, download: bool = False):
+def load_mnist(root: str | Path, fashion: bool = False, download: bool = False) -> ArraySplits:
     """(train images, train labels, test images, test labels) of MNIST or Fashion-MNIST."""
     name = "FashionMNIST" if fashion else "MNIST"
     folder = Path(root) / name / "raw"
@@ -150,15 +158,16 @@ def load_mnist(root: str | Path, fashion: bool = False, download: bool = False):
         files = _find(folder, _MNIST_FILES)
     if files is None:
         raise _missing(name, folder, _MNIST_FILES)
-    return tuple(read_idx(f) for f in files)
+    train_images, train_labels, test_images, test_labels = (read_idx(f) for f in files)
+    return train_images, train_labels, test_images, test_labels
 
 
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path) -> dict[bytes, Any]:
     with open(path, "rb") as handle:
         return pickle.load(handle, encoding="bytes")
 
 
-def load_cifar(root: str | Path, classes: int = 10, download: bool = False):
+def load_cifar(root: str | Path, classes: int = 10, download: bool = False) -> ArraySplits:
     """(train images NHWC, train labels, test images, test labels) of CIFAR-10 or CIFAR-100."""
     if classes == 10:
         name, folder = "CIFAR-10", Path(root) / "cifar-10-batches-py"
@@ -175,7 +184,7 @@ def load_cifar(root: str | Path, classes: int = 10, download: bool = False):
     if any(not (folder / f).exists() for f in expected):
         raise _missing(name, folder, expected)
 
-    def read(files):
+    def read(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
         batches = [_unpickle(folder / f) for f in files]
         images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = np.concatenate([np.asarray(b[key]) for b in batches])
@@ -184,7 +193,7 @@ def load_cifar(root: str | Path, classes: int = 10, download: bool = False):
     return (*read(train_files), *read(test_files))
 
 
-def load_svhn(root: str | Path, download: bool = False):
+def load_svhn(root: str | Path, download: bool = False) -> ArraySplits:
     """(train images NHWC, train labels, test images, test labels) of SVHN (the 'train' split, not 'extra')."""
     folder = Path(root)
     expected = ["train_32x32.mat", "test_32x32.mat"]
@@ -197,7 +206,7 @@ def load_svhn(root: str | Path, download: bool = False):
         raise _missing("SVHN", folder, expected)
     from scipy.io import loadmat
 
-    def read(name):
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
         mat = loadmat(folder / name)
         images = np.ascontiguousarray(mat["X"].transpose(3, 0, 1, 2), dtype=np.uint8)
         labels = mat["y"].reshape(-1).astype(np.int64) % 10  # the digit 0 is stored as 10

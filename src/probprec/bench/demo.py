@@ -12,8 +12,10 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,7 +40,11 @@ class DemoResult:
     seconds: list[float] = field(default_factory=list)
 
 
-def digits(split_seed: int = 0, test_fraction: float = 0.25):
+DigitSplits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""Training inputs, training labels, test inputs, test labels."""
+
+
+def digits(split_seed: int = 0, test_fraction: float = 0.25) -> DigitSplits:
     """scikit-learn's digits as tensors, standardised, with a fixed train/test split."""
     from sklearn.datasets import load_digits
 
@@ -64,7 +70,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
         return float(nn.functional.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())
 
 
-def train(name: str, epochs: int, batch_size: int, seed: int, data) -> DemoResult:
+def train(name: str, epochs: int, batch_size: int, seed: int, data: DigitSplits) -> DemoResult:
     x_train, y_train, x_test, y_test = data
     model = make_model(seed)
     if name == "SGD":
@@ -118,7 +124,7 @@ def plot(results: list[DemoResult], path: Path) -> None:
 
 
 def run_demo(epochs: int = 10, batch_size: int = 32, seed: int = 0, output_dir: str | Path = "results/demo",
-             echo=print) -> list[DemoResult]:
+             echo: Callable[[str], Any] = print) -> list[DemoResult]:
     """Train both optimizers, print the per-epoch table, write ``demo.json`` and ``demo.png``."""
     warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
     data = digits()

@@ -19,13 +19,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .analysis import ReportOptions, load_results, runtime_ratios, write_report
 from .analysis.load import hyperparams_key
 from .analysis.report import Report, runtime_table
+from .executor import LOCAL
 from .optimizers import get_optimizer
 from .sweeps import SweepError, SweepSpec, expand, load_sweep
+
+if TYPE_CHECKING:  # the sweep's modules load when a sweep runs
+    from .outcomes import SweepSummary
+    from .slurm_executor import SlurmOptions
 
 __all__ = ["EXPERIMENT_DIR", "ExperimentResult", "experiment_names", "experiment_path", "report_options",
            "run_experiment", "run_runtime"]
@@ -89,21 +94,21 @@ def report_options(spec: SweepSpec) -> ReportOptions:
 class ExperimentResult:
     """What :func:`run_experiment` did."""
 
-    sweep: Any
-    """The sweep's summary (counts of completed, diverged, failed, skipped runs)."""
+    sweep: SweepSummary | None
+    """The sweep's summary (counts of completed, diverged, failed, skipped runs); None with ``report_only``."""
     report: Report
 
 
 def run_experiment(name: str | Path, scale: str = "smoke", output_dir: str | Path | None = None,
-                   data_dir: str = "data", device: str = "cpu", executor: str = "local", workers: int | None = None,
-                   report_only: bool = False, echo: Callable[[str], None] = print, slurm: Any = None,
+                   data_dir: str = "data", device: str = "cpu", executor: str = LOCAL, workers: int | None = None,
+                   report_only: bool = False, echo: Callable[[str], None] = print, slurm: SlurmOptions | None = None,
                    ) -> ExperimentResult:
     """Run one scale of an experiment and write its report (see the module docstring).
 
     Raises:
         SweepError: a bad experiment file, before anything runs.
     """
-    from .executors import run_sweep
+    from .orchestration import run_sweep
 
     path = experiment_path(name)
     spec = load_sweep(path, scale)

@@ -5,9 +5,10 @@ thesis) and ``Adam``; the variants of :mod:`probprec`; the thesis's tuned
 variants; and any ``torch.optim`` class by its dotted path
 (``torch.optim.RMSprop``), which then needs its hyperparameters (``--hp lr=0.01``).
 
-Learning rates: where DeepOBS tuned one for a problem (the v1.1 TensorFlow
-baselines, spec/benchmark-protocol.md §7, chosen on the test set there) or the
-thesis used one (Table 4.1), it is the default for that problem; on the embedded
+Learning rates: where DeepOBS tuned one for a problem (the TensorFlow baselines
+of DeepOBS 1.1: the best of a 36-point log grid by the final test metric of seed
+42, since its data sets had no validation split) or the thesis used one (Table
+4.1), it is the default for that problem; on the embedded
 problems, SGD's and Adam's were tuned on validation by
 ``benchmarks/tune_embedded.py``; elsewhere a generic default is used. Every
 default can be overridden.

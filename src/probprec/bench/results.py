@@ -102,11 +102,12 @@ def settings_folder(num_epochs: int, batch_size: int, weight_decay: float | None
     Raises:
         ConfigError: the name would be longer than :data:`NAME_MAX` bytes (naming the longest value).
     """
-    pairs = [("num_epochs", num_epochs), ("batch_size", batch_size)]
+    pairs: list[tuple[str, Any]] = [("num_epochs", num_epochs), ("batch_size", batch_size)]
     if weight_decay is not None:
         pairs.append(("weight_decay", weight_decay))
     pairs += [(key, hyperparams[key]) for key in sorted(hyperparams)]
-    pairs += [(key, training_params[key]) for key in sorted(training_params or {})]  # type: ignore[index]
+    params = training_params or {}
+    pairs += [(key, params[key]) for key in sorted(params)]
     parts = [(encode_part(str(key)), encode_part(format_value(value))) for key, value in pairs]
     name = SEPARATOR.join(part for pair in parts for part in pair)
     if len(name.encode()) > NAME_MAX:

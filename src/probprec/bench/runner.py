@@ -10,9 +10,9 @@
   (``maybe_start_estimate()`` before every step) with ``restart="optimizer"``;
 * a non-finite training loss stops the run at that step with status ``diverged``;
   an interrupt (SIGINT, SIGTERM) records status ``interrupted`` and keeps the
-  checkpoint of the last finished epoch, from which the same command resumes
-  to the same result as an uninterrupted run; any other error is recorded as
-  ``failed`` with its message;
+  checkpoint of the last finished epoch (:mod:`probprec.bench.checkpoints`), from
+  which the same command resumes to the same result as an uninterrupted run; any
+  other error is recorded as ``failed`` with its message;
 * wall-clock and process CPU time per epoch, the optimizer's ``get_log()`` per
   epoch, minibatch losses every ``train_log_interval`` steps, and the environment.
 """
@@ -26,24 +26,25 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from .atomic import atomic_writer
-from .data import DataMissingError
+from ._pause import pause_if_asked
+from .checkpoints import CheckpointNotWrittenError, checkpoint_path, load_checkpoint, save_checkpoint
+from .data import DataMissingError, Splits
 from .devices import resolve_device
 from .environment import environment
 from .errors import ConfigError, UserError, describe_os_error
 from .locks import holding, run_lock_path
-from .optimizers import get_optimizer
-from .pause import pause_if_asked
-from .problems import get_problem
+from .optimizers import OptimizerSpec, get_optimizer
+from .problems import Problem, get_problem
 from .results import (
     SCHEMA_VERSION,
     ensure_writable_folder,
@@ -53,9 +54,11 @@ from .results import (
     write_json_atomic,
 )
 
-__all__ = ["ConfigError", "RunConfig", "RunResult", "finished_result", "is_finished", "run", "run_folder"]
+__all__ = ["RESTART_POLICIES", "ConfigError", "RunConfig", "RunResult", "finished_result", "interruptible", "run",
+           "run_folder"]
 
 RESTART_POLICIES = ("default", "epoch", "optimizer", "never")
+"""The restart policies by name (:attr:`RunConfig.restart`); an integer k >= 1 (every k epochs) is one too."""
 
 
 @dataclass
@@ -115,10 +118,10 @@ def _restart_every(config: RunConfig, default: int) -> int | str:
 
 
 @contextmanager
-def _interruptible() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt while a run is in progress (main thread only)."""
+def interruptible() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt in the body, as Ctrl-C is (main thread only; elsewhere: nothing)."""
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     try:
@@ -130,23 +133,6 @@ def _interruptible() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _rng_state(loader_generator: torch.Generator) -> dict[str, Any]:
-    # the global generators, which user code and DeepOBS-style problems use, are seeded and saved on purpose
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),  # noqa: NPY002
-            "python": random.getstate(),
-            "loader": loader_generator.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(state: dict[str, Any], loader_generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    random.setstate(state["python"])
-    loader_generator.set_state(state["loader"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _seed_everything(seed: int) -> None:
@@ -169,11 +155,11 @@ def _plain(value: Any) -> Any:
 class _Evaluator:
     """Loss (with the L2 term) and accuracy of a model on a data set, over every example."""
 
-    def __init__(self, problem, device: torch.device, batch_size: int):
+    def __init__(self, problem: Problem, device: torch.device, batch_size: int):
         self.problem, self.device, self.batch_size = problem, device, batch_size
 
     @torch.no_grad()
-    def __call__(self, model: torch.nn.Module, dataset) -> tuple[float, float | None]:
+    def __call__(self, model: torch.nn.Module, dataset: Dataset) -> tuple[float, float | None]:
         model.eval()
         total, correct, count = 0.0, 0, 0
         has_accuracy = True
@@ -192,7 +178,32 @@ class _Evaluator:
         return loss, (correct / count if has_accuracy else None)
 
 
-def _settings(config: RunConfig):
+@dataclass
+class _Settings:
+    """What names a run: its problem, optimizer, budget and restart policy, and its settings folder."""
+
+    problem: Problem
+    spec: OptimizerSpec
+    hyperparams: dict[str, Any]
+    epochs: int
+    batch_size: int
+    restart: int | str
+    """Epochs between fresh estimates, ``"optimizer"`` or ``"never"`` (:func:`_restart_every`)."""
+    folder: Path
+
+
+@dataclass
+class _Prepared:
+    """A run ready to train: its settings, device, data, model and optimizer."""
+
+    settings: _Settings
+    device: torch.device
+    splits: Splits
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+def _settings(config: RunConfig) -> _Settings:
     """Validate what names a run (no data, no model) and find its settings folder; raises ConfigError."""
     try:
         problem = get_problem(config.problem, **({"l2": config.l2} if config.l2 is not None else {}))
@@ -213,7 +224,7 @@ def _settings(config: RunConfig):
     training_params = {} if config.restart == "default" else {"restart": restart}
     folder = Path(config.output_dir) / problem.name / spec.name / settings_folder(
         epochs, batch_size, config.l2, _plain(hyperparams), training_params)
-    return problem, spec, hyperparams, epochs, batch_size, restart, folder
+    return _Settings(problem, spec, hyperparams, epochs, batch_size, restart, folder)
 
 
 def run_folder(config: RunConfig) -> Path:
@@ -222,16 +233,12 @@ def run_folder(config: RunConfig) -> Path:
     Raises:
         ConfigError: on a bad problem, optimizer, epochs, batch size, seed or restart policy.
     """
-    return _settings(config)[-1]
-
-
-def _checkpoint_path(folder: Path, seed: int) -> Path:
-    return folder / f".checkpoint__random_seed__{seed}.pt"
+    return _settings(config).folder
 
 
 def _finished(folder: Path, seed: int) -> tuple[Path, dict[str, Any]] | None:
     """The first completed or diverged result of ``seed`` in ``folder``, unless a checkpoint is left."""
-    if _checkpoint_path(folder, seed).exists():
+    if checkpoint_path(folder, seed).exists():
         return None
     for path, record in existing_results(folder, seed):
         if record.get("status") in ("completed", "diverged"):
@@ -250,29 +257,25 @@ def finished_result(config: RunConfig, folder: Path | None = None) -> Path | Non
     return found[0] if found else None
 
 
-def is_finished(config: RunConfig) -> bool:
-    """Whether :func:`run` would skip ``config``: a completed or diverged result exists and no checkpoint remains."""
-    return finished_result(config) is not None
-
-
-def _prepare(config: RunConfig):
+def _prepare(config: RunConfig) -> _Prepared:
     """Validate the configuration and build everything; raises ConfigError on bad input."""
-    problem, spec, hyperparams, epochs, batch_size, restart, folder = _settings(config)
+    settings = _settings(config)
     device = resolve_device(config.device)
     try:
-        splits = problem.splits(config.data_dir, download=config.download)
+        splits = settings.problem.splits(config.data_dir, download=config.download)
     except DataMissingError as error:
         raise ConfigError(str(error)) from None
-    if len(splits.train) < batch_size:
-        raise ConfigError(f"batch size {batch_size} is larger than the training set ({len(splits.train)} examples)")
+    train_size = len(splits.train)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours have one
+    if train_size < settings.batch_size:
+        raise ConfigError(f"batch size {settings.batch_size} is larger than the training set ({train_size} examples)")
     _seed_everything(config.seed)
-    model = problem.model().to(device)
+    model = settings.problem.model().to(device)
     try:
-        optimizer = spec.build(problem.param_groups(model), hyperparams)
+        optimizer = settings.spec.build(settings.problem.param_groups(model), settings.hyperparams)
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"invalid hyperparameters for {spec.name}: {error}") from None
+        raise ConfigError(f"invalid hyperparameters for {settings.spec.name}: {error}") from None
     ensure_writable_folder(config.output_dir)
-    return problem, spec, hyperparams, epochs, batch_size, restart, device, splits, model, optimizer, folder
+    return _Prepared(settings, device, splits, model, optimizer)
 
 
 def run(config: RunConfig) -> RunResult:
@@ -285,145 +288,90 @@ def run(config: RunConfig) -> RunResult:
         LockHeldError: another process is running this configuration (nothing was changed).
     """
     prepared = _prepare(config)
-    problem, spec, folder = prepared[0], prepared[1], prepared[-1]
-    with holding(run_lock_path(folder, config.seed),
-                 f"{problem.name} {spec.name} seed {config.seed} is already running in {{holder}} (settings folder "
-                 f"{folder}); wait for it to finish, then the same command skips or resumes it"):
+    settings = prepared.settings
+    with holding(run_lock_path(settings.folder, config.seed),
+                 f"{settings.problem.name} {settings.spec.name} seed {config.seed} is already running in {{holder}} "
+                 f"(settings folder {settings.folder}); wait for it to finish, then the same command skips or "
+                 "resumes it"):
         return _run_prepared(config, prepared)
 
 
-def _run_prepared(config: RunConfig, prepared: tuple) -> RunResult:
-    """The body of :func:`run`, under the run's lock."""
-    (problem, spec, hyperparams, epochs, batch_size, restart, device, splits, model, optimizer,
-     folder) = prepared
-    checkpoint_path = _checkpoint_path(folder, config.seed)
-    done = None if config.force else _finished(folder, config.seed)
+def _run_prepared(config: RunConfig, prepared: _Prepared) -> RunResult:
+    """The body of :func:`run`, under the run's lock: skip, or resume or start, train, and write the result."""
+    settings = prepared.settings
+    done = None if config.force else _finished(settings.folder, config.seed)
     if done is not None:
         return RunResult("skipped", *done)
-
     loader_generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(splits.train, batch_size=batch_size, shuffle=True, drop_last=True,
-                        generator=loader_generator)
-    evaluate = _Evaluator(problem, device, batch_size=max(batch_size, 1000))
-    has_accuracy = problem.metric == "accuracy"
+    checkpoint = checkpoint_path(settings.folder, config.seed)
+    record, start_epoch = _new_record(config, prepared), 0
+    if checkpoint.exists():
+        record, start_epoch = _resume(checkpoint, prepared, loader_generator)
+    path = _result_file(config, settings, record, start_epoch)
+    not_written = _Training(config, prepared, record, loader_generator, checkpoint).train(start_epoch)
+    finished = _finished_record(record, has_accuracy=settings.problem.metric == "accuracy")
+    _write_record(path, finished, checkpoint, not_written)
+    return RunResult(record["status"], path, finished)
 
-    started = datetime.now()
-    record: dict[str, Any] = {
-        "testproblem": problem.name, "batch_size": batch_size, "num_epochs": epochs, "random_seed": config.seed,
-        "weight_decay": problem.l2, "optimizer_name": spec.name, "optimizer_hyperparams": _plain(hyperparams),
-        "training_params": {"restart": restart, "train_log_interval": config.train_log_interval},
+
+def _new_record(config: RunConfig, prepared: _Prepared) -> dict[str, Any]:
+    """The result record of a run that starts now (status ``running``, no epoch yet)."""
+    settings, splits = prepared.settings, prepared.splits
+    problem = settings.problem
+    sizes = {f"{name}_size": len(getattr(splits, name)) for name in ("train", "valid", "test")}
+    return {
+        "testproblem": problem.name, "batch_size": settings.batch_size, "num_epochs": settings.epochs,
+        "random_seed": config.seed, "weight_decay": problem.l2, "optimizer_name": settings.spec.name,
+        "optimizer_hyperparams": _plain(settings.hyperparams),
+        "training_params": {"restart": settings.restart, "train_log_interval": config.train_log_interval},
         "train_losses": [], "valid_losses": [], "test_losses": [], "minibatch_train_losses": [],
         "train_accuracies": [], "valid_accuracies": [], "test_accuracies": [],
         "status": "running", "status_reason": None, "stopped_at_step": None, "stopped_at_epoch": None,
         "epochs_completed": 0, "steps": 0, "epoch_wall_times": [], "epoch_cpu_times": [], "eval_wall_times": [],
         "optimizer_logs": [],
         "problem": {"name": problem.name, "metric": problem.metric, "l2": problem.l2, "dataset": problem.dataset,
-                    "parameters": problem.count_parameters(model), "train_size": len(splits.train),
-                    "valid_size": len(splits.valid), "test_size": len(splits.test)},
-        "metadata": {"schema_version": SCHEMA_VERSION, "started": started.isoformat(timespec="seconds"),
-                     "device": str(device), "environment": environment(), "resumed_at_epochs": []},
+                    "parameters": problem.count_parameters(prepared.model), **sizes},
+        "metadata": {"schema_version": SCHEMA_VERSION, "started": datetime.now().isoformat(timespec="seconds"),
+                     "device": str(prepared.device), "environment": environment(), "resumed_at_epochs": []},
     }
-    start_epoch = 0
-    if checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, weights_only=False)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        record = checkpoint["record"]
-        start_epoch = checkpoint["epoch"]
-        started = datetime.fromisoformat(record["metadata"]["started"])
-        record["metadata"]["resumed_at_epochs"].append(start_epoch)
-        _set_rng_state(checkpoint["rng"], loader_generator)
-    path = result_path(config.output_dir, problem.name, spec.name, folder.name, config.seed, started)
-    if start_epoch == 0:
-        stale = [(p, r) for p, r in existing_results(folder, config.seed) if r.get("status") == "interrupted"]
-        if stale:  # interrupted before its first checkpoint: this run replaces that record
-            path = stale[-1][0]
-            record["metadata"]["started"] = stale[-1][1]["metadata"]["started"]
-        stale_paths = [p for p, _ in stale]
-        while path.exists() and path not in stale_paths:  # never overwrite a result: a later time names it
-            started += timedelta(seconds=1)
-            record["metadata"]["started"] = started.isoformat(timespec="seconds")
-            path = result_path(config.output_dir, problem.name, spec.name, folder.name, config.seed, started)
 
-    def evaluation() -> None:
-        t0 = time.perf_counter()
-        for split, name in ((splits.train_eval, "train"), (splits.valid, "valid"), (splits.test, "test")):
-            loss, accuracy = evaluate(model, split)
-            record[f"{name}_losses"].append(loss)
-            record[f"{name}_accuracies"].append(accuracy)
-        record["eval_wall_times"].append(time.perf_counter() - t0)
 
-    second_order = hasattr(optimizer, "create_graph")
-    warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
-    progress = _progress(config.progress, epochs * len(loader), start_epoch * len(loader),
-                         f"{problem.name} {spec.name} seed {config.seed}")
-    step = record["steps"]
-    epoch = start_epoch
-    not_written = None
-    try:
-        with _interruptible():
-            if start_epoch == 0:
-                evaluation()
-            for epoch in range(start_epoch, epochs):
-                if second_order and epoch > 0 and isinstance(restart, int) and epoch % restart == 0:
-                    optimizer.start_estimate()
-                wall0, cpu0 = time.perf_counter(), time.process_time()
-                for x, y in loader:
-                    x, y = x.to(device), y.to(device)
-                    if second_order and restart == "optimizer":
-                        optimizer.maybe_start_estimate()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = problem.loss(model(x), y) + problem.penalty(model)
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise _Diverged(f"training loss {value} at step {step} (epoch {epoch})", step)
-                    loss.backward(create_graph=second_order and optimizer.create_graph)
-                    optimizer.step()
-                    step += 1
-                    if step % config.train_log_interval == 0:
-                        record["minibatch_train_losses"].append(value)
-                    progress.update(1)
-                record["epoch_wall_times"].append(time.perf_counter() - wall0)
-                record["epoch_cpu_times"].append(time.process_time() - cpu0)
-                if second_order:
-                    record["optimizer_logs"].append(optimizer.get_log())
-                evaluation()
-                record["epochs_completed"] = epoch + 1
-                record["steps"] = step
-                progress.set_postfix_str(_postfix(record, has_accuracy))
-                if not math.isfinite(record["train_losses"][-1]):
-                    raise _Diverged(f"non-finite evaluation loss after epoch {epoch}", step)
-                if epoch + 1 < epochs:
-                    _save_checkpoint(checkpoint_path, model, optimizer, record, epoch + 1, loader_generator)
-                    pause_if_asked(epoch + 1, checkpoint_path)
-        record.update(status="completed", stopped_at_step=step, stopped_at_epoch=epochs)
-        record["diagnostics"] = problem.diagnostics(model, optimizer)
-    except _Diverged as diverged:
-        record.update(status="diverged", status_reason=str(diverged), stopped_at_step=diverged.step,
-                      stopped_at_epoch=epoch)
-    except _CheckpointNotWritten as error:
-        not_written = str(error)
-        record.update(status="interrupted", stopped_at_step=step, stopped_at_epoch=epoch + 1,
-                      status_reason=f"{error}; resumes from epoch {epoch}")
-    except KeyboardInterrupt as interrupt:
-        signal_name = str(interrupt) or "SIGINT"
-        record.update(status="interrupted", stopped_at_step=step, stopped_at_epoch=epoch,
-                      status_reason=f"{signal_name} during epoch {epoch}; resumes from epoch "
-                                    f"{record['epochs_completed']}")
-    except Exception as error:  # every other failure is recorded with the run
-        record.update(status="failed", status_reason=f"{type(error).__name__}: {error}", stopped_at_step=step,
-                      stopped_at_epoch=epoch)
-    finally:
-        progress.close()
-    record["metadata"]["finished"] = datetime.now().isoformat(timespec="seconds")
-    record["total_wall_time"] = sum(record["epoch_wall_times"]) + sum(record["eval_wall_times"])
-    record["total_cpu_time"] = sum(record["epoch_cpu_times"])
-    finished = {k: v for k, v in record.items()}
-    if not has_accuracy:
-        for name in ("train", "valid", "test"):
-            finished.pop(f"{name}_accuracies")
-    _write_record(path, finished, checkpoint_path, not_written)
-    return RunResult(record["status"], path, finished)
+def _resume(path: Path, prepared: _Prepared, loader_generator: torch.Generator) -> tuple[dict[str, Any], int]:
+    """Load the checkpoint into the model, the optimizer and every random generator; its record and epoch."""
+    checkpoint = load_checkpoint(path)
+    prepared.model.load_state_dict(checkpoint.model)
+    prepared.optimizer.load_state_dict(checkpoint.optimizer)
+    record = checkpoint.record
+    record["metadata"]["resumed_at_epochs"].append(checkpoint.epoch)
+    checkpoint.restore_rng(loader_generator)
+    return record, checkpoint.epoch
+
+
+def _result_file(config: RunConfig, settings: _Settings, record: dict[str, Any], start_epoch: int) -> Path:
+    """Where the result goes: named by the start time, never over another result.
+
+    A run that starts anew replaces the record of its interruption before its first checkpoint; a name that
+    another result has is moved on by a second (``metadata.started`` with it).
+    """
+    started = datetime.fromisoformat(record["metadata"]["started"])
+
+    def named(started: datetime) -> Path:
+        return result_path(config.output_dir, settings.problem.name, settings.spec.name, settings.folder.name,
+                           config.seed, started)
+
+    path = named(started)
+    if start_epoch > 0:
+        return path
+    stale = [(p, r) for p, r in existing_results(settings.folder, config.seed) if r.get("status") == "interrupted"]
+    if stale:  # interrupted before its first checkpoint: this run replaces that record
+        path = stale[-1][0]
+        record["metadata"]["started"] = stale[-1][1]["metadata"]["started"]
+    stale_paths = [p for p, _ in stale]
+    while path.exists() and path not in stale_paths:  # never overwrite a result: a later time names it
+        started += timedelta(seconds=1)
+        record["metadata"]["started"] = started.isoformat(timespec="seconds")
+        path = named(started)
+    return path
 
 
 class _Diverged(Exception):
@@ -432,21 +380,141 @@ class _Diverged(Exception):
         self.step = step
 
 
-class _CheckpointNotWritten(Exception):
-    """The checkpoint could not be written (a full disk, ...); the previous one is intact."""
+class _SecondOrder(Protocol):
+    """What the training loop uses of an optimizer that estimates curvature (one with ``create_graph``)."""
+
+    create_graph: bool
+    """Whether the next backward pass must build the graph of the gradient (for Hessian-vector products)."""
+
+    def start_estimate(self) -> None:
+        """Begin a fresh curvature estimate now."""
+
+    def maybe_start_estimate(self) -> object:
+        """Begin a fresh estimate if the optimizer's own policy says so."""
+
+    def get_log(self) -> Any:
+        """The optimizer's log (recorded per epoch)."""
 
 
-def _save_checkpoint(path: Path, model, optimizer, record, epoch: int, loader_generator) -> None:
-    """Write the checkpoint atomically (a temporary name of its own, the umask's permissions, nothing partial)."""
-    try:
-        with atomic_writer(path, "wb") as handle:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record,
-                        "epoch": epoch, "rng": _rng_state(loader_generator)}, handle)
-    except OSError as error:
-        raise _CheckpointNotWritten(describe_os_error(error, path, "write")) from None
+class _Training:
+    """The training loop of one run: N+1 evaluations, the steps, the restarts, checkpoints and the run's status."""
+
+    def __init__(self, config: RunConfig, prepared: _Prepared, record: dict[str, Any],
+                 loader_generator: torch.Generator, checkpoint: Path):
+        settings = prepared.settings
+        self.config, self.settings, self.record, self.checkpoint = config, settings, record, checkpoint
+        self.model, self.optimizer, self.device, self.splits = (prepared.model, prepared.optimizer, prepared.device,
+                                                                 prepared.splits)
+        self.loader_generator = loader_generator
+        self.loader = DataLoader(prepared.splits.train, batch_size=settings.batch_size, shuffle=True, drop_last=True,
+                                 generator=loader_generator)
+        self.evaluate = _Evaluator(settings.problem, prepared.device, batch_size=max(settings.batch_size, 1000))
+        self.second_order = cast(_SecondOrder, self.optimizer) if hasattr(self.optimizer, "create_graph") else None
+        self.step: int = record["steps"]
+        self.epoch = 0
+
+    def train(self, start_epoch: int) -> str | None:
+        """Train from ``start_epoch`` and set the record's status; why the last checkpoint was not written, if so."""
+        record, problem = self.record, self.settings.problem
+        warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+        progress = _progress(self.config.progress, self.settings.epochs * len(self.loader),
+                             start_epoch * len(self.loader), f"{problem.name} {self.settings.spec.name} seed "
+                                                             f"{self.config.seed}")
+        self.epoch = start_epoch
+        not_written = None
+        try:
+            with interruptible():
+                self._epochs(start_epoch, progress)
+            record.update(status="completed", stopped_at_step=self.step, stopped_at_epoch=self.settings.epochs)
+            record["diagnostics"] = problem.diagnostics(self.model, self.optimizer)
+        except _Diverged as diverged:
+            record.update(status="diverged", status_reason=str(diverged), stopped_at_step=diverged.step,
+                          stopped_at_epoch=self.epoch)
+        except CheckpointNotWrittenError as error:
+            not_written = str(error)
+            record.update(status="interrupted", stopped_at_step=self.step, stopped_at_epoch=self.epoch + 1,
+                          status_reason=f"{error}; resumes from epoch {self.epoch}")
+        except KeyboardInterrupt as interrupt:
+            signal_name = str(interrupt) or "SIGINT"
+            record.update(status="interrupted", stopped_at_step=self.step, stopped_at_epoch=self.epoch,
+                          status_reason=f"{signal_name} during epoch {self.epoch}; resumes from epoch "
+                                        f"{record['epochs_completed']}")
+        except Exception as error:  # every other failure is recorded with the run
+            record.update(status="failed", status_reason=f"{type(error).__name__}: {error}",
+                          stopped_at_step=self.step, stopped_at_epoch=self.epoch)
+        finally:
+            progress.close()
+        return not_written
+
+    def _epochs(self, start_epoch: int, progress: _Progress) -> None:
+        """Every epoch from ``start_epoch``, each followed by its evaluation and (but the last) a checkpoint."""
+        record, restart, epochs = self.record, self.settings.restart, self.settings.epochs
+        if start_epoch == 0:
+            self._evaluation()
+        for epoch in range(start_epoch, epochs):
+            self.epoch = epoch
+            if self.second_order and epoch > 0 and isinstance(restart, int) and epoch % restart == 0:
+                self.second_order.start_estimate()
+            self._train_epoch(progress)
+            if self.second_order:
+                record["optimizer_logs"].append(self.second_order.get_log())
+            self._evaluation()
+            record["epochs_completed"] = epoch + 1
+            record["steps"] = self.step
+            progress.set_postfix_str(_postfix(record, self.settings.problem.metric == "accuracy"))
+            if not math.isfinite(record["train_losses"][-1]):
+                raise _Diverged(f"non-finite evaluation loss after epoch {epoch}", self.step)
+            if epoch + 1 < epochs:
+                save_checkpoint(self.checkpoint, self.model, self.optimizer, record, epoch + 1, self.loader_generator)
+                pause_if_asked(epoch + 1, self.checkpoint)
+
+    def _train_epoch(self, progress: _Progress) -> None:
+        """One pass over the training set; its wall-clock and CPU time go to the record."""
+        problem, optimizer, second_order, record = self.settings.problem, self.optimizer, self.second_order, self.record
+        on_demand = second_order if self.settings.restart == "optimizer" else None
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        for x, y in self.loader:
+            x, y = x.to(self.device), y.to(self.device)
+            if on_demand:
+                on_demand.maybe_start_estimate()
+            optimizer.zero_grad(set_to_none=True)
+            loss = problem.loss(self.model(x), y) + problem.penalty(self.model)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise _Diverged(f"training loss {value} at step {self.step} (epoch {self.epoch})", self.step)
+            loss.backward(create_graph=bool(second_order and second_order.create_graph))
+            optimizer.step()
+            self.step += 1
+            if self.step % self.config.train_log_interval == 0:
+                record["minibatch_train_losses"].append(value)
+            progress.update(1)
+        record["epoch_wall_times"].append(time.perf_counter() - wall0)
+        record["epoch_cpu_times"].append(time.process_time() - cpu0)
+
+    def _evaluation(self) -> None:
+        """Loss and accuracy on train_eval, valid and test, appended to the record with the time they took."""
+        t0 = time.perf_counter()
+        splits = self.splits
+        for split, name in ((splits.train_eval, "train"), (splits.valid, "valid"), (splits.test, "test")):
+            loss, accuracy = self.evaluate(self.model, split)
+            self.record[f"{name}_losses"].append(loss)
+            self.record[f"{name}_accuracies"].append(accuracy)
+        self.record["eval_wall_times"].append(time.perf_counter() - t0)
 
 
-def _write_record(path: Path, record: dict[str, Any], checkpoint_path: Path, not_written: str | None) -> None:
+def _finished_record(record: dict[str, Any], has_accuracy: bool) -> dict[str, Any]:
+    """The record as written: end time and totals added, accuracies left out where the problem has none."""
+    record["metadata"]["finished"] = datetime.now().isoformat(timespec="seconds")
+    record["total_wall_time"] = sum(record["epoch_wall_times"]) + sum(record["eval_wall_times"])
+    record["total_cpu_time"] = sum(record["epoch_cpu_times"])
+    finished = dict(record)
+    if not has_accuracy:
+        for name in ("train", "valid", "test"):
+            finished.pop(f"{name}_accuracies")
+    return finished
+
+
+def _write_record(path: Path, record: dict[str, Any], checkpoint: Path, not_written: str | None) -> None:
     """Write the result file, then drop the checkpoint unless the run is to resume.
 
     Raises:
@@ -458,31 +526,48 @@ def _write_record(path: Path, record: dict[str, Any], checkpoint_path: Path, not
         raise UserError(f"{describe_os_error(error, path, 'write')}; the same command resumes the run from its "
                         "last checkpoint") from None
     if record["status"] != "interrupted":
-        checkpoint_path.unlink(missing_ok=True)
+        checkpoint.unlink(missing_ok=True)
     if not_written is not None:
         raise UserError(f"{not_written}; the run is recorded as interrupted in {path} and the same command "
                         "resumes it")
 
 
 def _postfix(record: dict[str, Any], has_accuracy: bool) -> str:
+    """The progress bar's postfix: the last validation loss (and accuracy)."""
     text = f"valid loss {record['valid_losses'][-1]:.4g}"
     if has_accuracy:
         text += f", valid acc {record['valid_accuracies'][-1]:.3f}"
     return text
 
 
+class _Progress(Protocol):
+    """What the training loop uses of a progress bar (tqdm's methods)."""
+
+    def update(self, n: int = 1, /) -> object:
+        """``n`` more steps are done."""
+
+    def set_postfix_str(self, text: str, /) -> object:
+        """Show ``text`` after the bar."""
+
+    def close(self) -> object:
+        """Remove the bar."""
+
+
 class _NoProgress:
-    def update(self, n: int = 1) -> None:
+    """No progress bar."""
+
+    def update(self, n: int = 1, /) -> None:
         pass
 
-    def set_postfix_str(self, text: str) -> None:
+    def set_postfix_str(self, text: str, /) -> None:
         pass
 
     def close(self) -> None:
         pass
 
 
-def _progress(enabled: bool, total: int, done: int, description: str):
+def _progress(enabled: bool, total: int, done: int, description: str) -> _Progress:
+    """A tqdm bar of ``total`` steps with ``done`` done, or no bar (disabled, or no tqdm)."""
     if not enabled:
         return _NoProgress()
     try:
@@ -492,8 +577,3 @@ def _progress(enabled: bool, total: int, done: int, description: str):
     # disable=None: no bar when the output is not a terminal (logs, CI)
     return tqdm(total=total, initial=done, desc=description, unit="step", leave=False, dynamic_ncols=True,
                 disable=None)
-
-
-def config_dict(config: RunConfig) -> dict[str, Any]:
-    """The configuration as plain values."""
-    return asdict(config)

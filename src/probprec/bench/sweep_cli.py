@@ -1,7 +1,7 @@
 """The ``sweep`` and ``tune`` commands of ``probprec``.
 
 ``probprec sweep FILE`` runs a sweep file (:mod:`probprec.bench.sweeps`) on this machine
-or on Slurm (:mod:`probprec.bench.executors`), or prints its pending runs as
+or on Slurm (:mod:`probprec.bench.orchestration`), or prints its pending runs as
 ``probprec run`` commands (``--emit-commands``). ``probprec tune FILE`` runs the tuning
 protocol (:mod:`probprec.bench.tuning`).
 
@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .argtypes import int_at_least as _int_at_least
 from .argtypes import positive_float as _positive_float
+from .executor import EXECUTORS, LOCAL
+
+if TYPE_CHECKING:  # the sweep's modules load when a sweep runs
+    from .slurm_executor import SlurmOptions
 
 __all__ = ["add_commands", "add_executor_options", "dispatch", "slurm_options"]
 
@@ -33,7 +37,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def add_executor_options(parser: argparse.ArgumentParser) -> None:
     """Where and how runs run: executor, workers, data, device, and the Slurm options."""
-    parser.add_argument("--executor", choices=("local", "slurm"), default="local",
+    parser.add_argument("--executor", choices=EXECUTORS, default=LOCAL,
                         help="local: a process pool on this machine (default); slurm: job arrays through submitit")
     parser.add_argument("--workers", type=_int_at_least(1),
                         help="local processes (default: one per core; 1 runs in this process)")
@@ -81,9 +85,9 @@ def add_commands(subparsers: Any) -> None:
                       help="final: the metric after the last epoch; best: the best epoch (default %(default)s)")
 
 
-def slurm_options(args: argparse.Namespace):
+def slurm_options(args: argparse.Namespace) -> SlurmOptions:
     """The SlurmOptions of parsed :func:`add_executor_options` arguments."""
-    from .executors import SlurmOptions
+    from .slurm_executor import SlurmOptions
 
     return SlurmOptions(partition=args.partition, time_min=args.time_min, mem_gb=args.mem_gb,
                         cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node,
@@ -101,7 +105,8 @@ def _echo(text: str) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .executors import emit_commands, run_sweep
+    from .commands import emit_commands
+    from .orchestration import run_sweep
     from .sweeps import load_sweep
 
     spec = load_sweep(args.file, args.scale)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
 
 
 def make_mnist(root: Path, name: str = "MNIST", n_train: int = 60, n_test: int = 20, seed: int = 0,
-               compress: bool = False, digits=None) -> None:
+               compress: bool = False, digits: Iterable[int] | None = None) -> None:
     """MNIST-format files (``name`` MNIST or FashionMNIST)."""
     rng = np.random.default_rng(seed)
     folder = root / name / "raw"

@@ -44,9 +44,9 @@ def _cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
             return None if quota == "max" else int(quota) / int(period)
         quota_file = root / "cpu" / "cpu.cfs_quota_us"  # cgroup v1: -1 means no quota
         if quota_file.exists():
-            quota = int(quota_file.read_text())
-            period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-            return None if quota <= 0 or period <= 0 else quota / period
+            quota_us = int(quota_file.read_text())
+            period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+            return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
     except (OSError, ValueError):
         return None
     return None

@@ -23,9 +23,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .executors import Echo, SlurmOptions, SweepSummary, folder_of, prepare_runs, run_runs
+from .errors import ConfigError
+from .executor import LOCAL
+from .orchestration import Echo, prepare_runs, run_runs
+from .outcomes import SweepSummary, folder_of
 from .results import existing_results, write_json_atomic, write_text_atomic
-from .runner import ConfigError
+from .slurm_executor import SlurmOptions
 from .sweeps import SweepRun, SweepSpec
 from .wording import counted
 
@@ -75,7 +78,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _choose(runs: list[SweepRun], metric: str | None, mode: str, notes: list[str]):
+def _choose(runs: list[SweepRun], metric: str | None, mode: str, notes: list[str]) -> list[dict[str, Any]]:
     """Step 2: per problem x optimizer, the chosen setting's run and every candidate with its score."""
     from .analysis import load_results, select_settings
 
@@ -132,7 +135,8 @@ def _record_reruns(choices: list[dict[str, Any]], seeds: list[int]) -> None:
         if choice.get("rerun", True) is None:
             continue
         chosen: SweepRun = choice["_run"]
-        files, statuses = [], Counter()
+        files: list[str] = []
+        statuses: Counter[str] = Counter()
         for seed in seeds:
             path = _latest_result(SweepRun(chosen.label, replace(chosen.config, seed=seed)))
             if path is not None:
@@ -194,7 +198,7 @@ def _write(spec: SweepSpec, result: TuningResult, metric: str | None, mode: str,
 
 
 def tune(spec: SweepSpec, output_dir: str | Path, *, metric: str | None = None, mode: str = "final",
-         seeds: Iterable[int] = DEFAULT_SEEDS, executor: str = "local", workers: int | None = None,
+         seeds: Iterable[int] = DEFAULT_SEEDS, executor: str = LOCAL, workers: int | None = None,
          data_dir: str | Path = "data", device: str = "cpu", slurm: SlurmOptions | None = None,
          echo: Echo = print) -> TuningResult:
     """Search with one seed, choose on validation, rerun the choice with ``seeds``; see the module docstring.
@@ -206,7 +210,7 @@ def tune(spec: SweepSpec, output_dir: str | Path, *, metric: str | None = None, 
         mode: ``final`` (the metric after the last epoch) or ``best`` (the best epoch).
         seeds: the seeds of the rerun (default 42-51).
         executor: ``local`` or ``slurm``.
-        workers: local processes (see :func:`probprec.bench.executors.run_sweep`).
+        workers: local processes (see :func:`probprec.bench.orchestration.run_sweep`).
         data_dir: where data sets are (unless the sweep generates its data).
         device: ``cpu``, ``cuda`` or ``auto``.
         slurm: submission options for ``executor="slurm"``.

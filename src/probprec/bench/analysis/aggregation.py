@@ -81,11 +81,11 @@ def time_to_target(results: Results, targets: dict[str, float] | None = None, fr
             continue
         used[problem] = (name, target)
         elapsed = curves[(curves["problem"] == problem) & (curves["metric"] == "elapsed_wall_time")]
-        elapsed = elapsed.set_index(["run_id", "epoch"])["value"]
+        seconds_at = elapsed.set_index(["run_id", "epoch"])["value"].to_dict()
         for run_id, run_rows in rows_p[rows_p["epoch"] > 0].groupby("run_id", sort=False):
             reached = run_rows[run_rows["value"] >= target] if high else run_rows[run_rows["value"] <= target]
             epoch = int(reached["epoch"].min()) if not reached.empty else math.inf
-            seconds = float(elapsed.get((run_id, epoch), math.nan)) if epoch != math.inf else math.inf
+            seconds = float(seconds_at.get((run_id, epoch), math.nan)) if epoch != math.inf else math.inf
             first = run_rows.iloc[0]
             rows.append({"run_id": run_id, "problem": problem, "optimizer": first["optimizer"], "seed": first["seed"],
                          "metric": name, "target": target, "epochs": epoch, "seconds": seconds})
@@ -113,9 +113,8 @@ def _per_run(picked: Results) -> pd.DataFrame:
     final = curves[curves["epoch"] == curves["num_epochs"]].pivot_table(
         index="run_id", columns="metric", values="value", aggfunc="first", dropna=False).add_prefix("final_")
     values = curves.groupby(["run_id", "metric"])["value"]
-    best = pd.concat({"best_max": values.max(), "best_min": values.min()}, axis=1)
-    best = best.unstack("metric")
-    best.columns = [f"{kind}_{metric}" for kind, metric in best.columns]
+    best = pd.DataFrame(pd.concat({"best_max": values.max(), "best_min": values.min()}, axis=1).unstack("metric"))
+    best.columns = best.columns.map("_".join)  # (kind, metric) -> kind_metric
     return final.join(best, how="outer").reindex(picked.runs["run_id"])
 
 
@@ -171,7 +170,7 @@ def summary_table(results: Results, chosen: pd.DataFrame, targets: pd.DataFrame 
                "score": row.score, "runs": len(runs),
                "status": ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().sort_index().items()),
                "collapsed": int(runs["collapsed_at"].notna().sum())}
-        out.update(_metric_columns(per_run, timing, ids, results.metric_kind(row.problem)))
+        out.update(_metric_columns(per_run, timing, ids, results.metric_kind(str(row.problem))))
         if targets is not None:
             out.update(_target_columns(targets, ids))
         rows.append(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,8 +45,8 @@ class Document:
         if items:
             self.blocks.append(("bullets", list(items)))
 
-    def table(self, header: list[str], rows: list[list[str]]) -> None:
-        """A table of strings."""
+    def table(self, header: list[str], rows: Iterable[Iterable[object]]) -> None:
+        """A table; every cell is shown as ``str(cell)``."""
         self.blocks.append(("table", list(header), [list(map(str, r)) for r in rows]))
 
     def figure(self, path: Path, caption: str) -> None:

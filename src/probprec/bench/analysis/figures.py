@@ -22,10 +22,12 @@ order, so an optimizer has the same colour in every figure of a report.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -33,7 +35,11 @@ import pandas as pd
 from ..atomic import atomic_writer
 from .metrics import LEGACY_TEST_LABEL
 
-__all__ = ["PANEL_METRICS", "FigureSummary", "colors_for", "count_curves", "grid_figure", "optimizer_state_figure",
+if TYPE_CHECKING:  # matplotlib loads when a figure is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["PANEL_METRICS", "FigureSummary", "colors_for", "grid_figure", "optimizer_state_figure",
            "performance_figure", "profile_figure", "runtime_figure", "save_figure", "sensitivity_figure", "summarize"]
 
 PANEL_METRICS = ("test_loss", "train_loss", "test_accuracy", "train_accuracy")
@@ -43,7 +49,7 @@ LABELS = {"test_loss": "test loss", "train_loss": "train loss", "valid_loss": "v
 
 
 @contextmanager
-def _style():
+def _style() -> Iterator[ModuleType]:
     """The style: tueplots' NeurIPS font sizes and layout, no LaTeX, the system's fonts; non-interactive backend."""
     import matplotlib
 
@@ -64,17 +70,12 @@ def colors_for(names: Sequence[str]) -> dict[str, str]:
     return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
 
-def count_curves(fig) -> int:
-    """The labelled lines of a figure (curves and reference lines; bands and error bars are not counted)."""
-    return sum(1 for ax in fig.axes for line in ax.get_lines() if not line.get_label().startswith("_"))
-
-
 @dataclass(frozen=True)
 class FigureSummary:
     """What a figure shows, read from it before it is saved (for the report's record and for tests)."""
 
     curves: int
-    """Labelled lines (see :func:`count_curves`)."""
+    """Labelled lines: curves and reference lines (bands and error bars are not counted)."""
     lines: list[tuple[str, str]]
     """``(label, linestyle)`` of every labelled line."""
     texts: list[str]
@@ -85,20 +86,28 @@ class FigureSummary:
     """Filled spread bands (one per curve with more than one seed)."""
 
 
-def summarize(fig) -> FigureSummary:
+class _Texted(Protocol):
+    """An artist with text (a title, a label, a legend entry, ...)."""
+
+    def get_text(self) -> str:
+        """Its text."""
+
+
+def summarize(fig: Figure) -> FigureSummary:
     """The :class:`FigureSummary` of a figure."""
     from matplotlib.collections import PolyCollection
 
-    lines = [(line.get_label(), line.get_linestyle()) for ax in fig.axes for line in ax.get_lines()
-             if not line.get_label().startswith("_")]
-    texts = [t.get_text() for t in fig.findobj(match=lambda artist: hasattr(artist, "get_text")) if t.get_text()]
-    limits = {ax.get_label(): tuple(float(v) for v in ax.get_ylim()) for ax in fig.axes
+    lines = [(str(line.get_label()), str(line.get_linestyle())) for ax in fig.axes for line in ax.get_lines()
+             if not str(line.get_label()).startswith("_")]
+    texted = [cast(_Texted, t) for t in fig.findobj(match=lambda artist: hasattr(artist, "get_text"))]
+    texts = [t.get_text() for t in texted if t.get_text()]
+    limits = {str(ax.get_label()): (float(ax.get_ylim()[0]), float(ax.get_ylim()[1])) for ax in fig.axes
               if ax.get_label() and ax.axison}
     bands = sum(1 for ax in fig.axes for item in ax.collections if isinstance(item, PolyCollection))
     return FigureSummary(len(lines), lines, texts, limits, bands)
 
 
-def save_figure(fig, stem: str | Path, dpi: int = 150) -> list[Path]:
+def save_figure(fig: Figure, stem: str | Path, dpi: int = 150) -> list[Path]:
     """Write ``stem.png`` and ``stem.pdf`` atomically (:mod:`probprec.bench.atomic`); closes the figure."""
     import matplotlib.pyplot as plt
 
@@ -115,7 +124,7 @@ def save_figure(fig, stem: str | Path, dpi: int = 150) -> list[Path]:
     return written
 
 
-def _band(ax, rows: pd.DataFrame, color: str, label: str, spread: str, linestyle: str = "-") -> None:
+def _band(ax: Axes, rows: pd.DataFrame, color: str, label: str, spread: str, linestyle: str = "-") -> None:
     rows = rows.sort_values("epoch")
     center = rows["median"] if spread == "quartiles" else rows["mean"]
     low, high = ((rows["q25"], rows["q75"]) if spread == "quartiles"
@@ -125,7 +134,7 @@ def _band(ax, rows: pd.DataFrame, color: str, label: str, spread: str, linestyle
         ax.fill_between(rows["epoch"], low, high, color=color, alpha=0.2, linewidth=0)
 
 
-def _curves(ax, rows: pd.DataFrame, optimizers: Sequence[str], colors: dict[str, str],
+def _curves(ax: Axes, rows: pd.DataFrame, optimizers: Sequence[str], colors: dict[str, str],
             spread: str = "quartiles") -> None:
     """One band (line and spread) per optimizer present in ``rows``, in the given order."""
     for optimizer in optimizers:
@@ -134,7 +143,7 @@ def _curves(ax, rows: pd.DataFrame, optimizers: Sequence[str], colors: dict[str,
             _band(ax, sub, colors.get(optimizer, "k"), optimizer, spread)
 
 
-def _log_if_positive(ax, values: pd.Series) -> None:
+def _log_if_positive(ax: Axes, values: pd.Series) -> None:
     values = values.dropna()
     if len(values) and (values > 0).all() and values.max() / values.min() > 20:
         ax.set_yscale("log")
@@ -145,7 +154,7 @@ def _title(problem: str, legacy: Collection[str]) -> str:
     return f"{problem}\n({LEGACY_TEST_LABEL})" if problem in legacy else problem
 
 
-def _zoom_accuracy(ax, frames: Sequence[pd.DataFrame], spread: str) -> None:
+def _zoom_accuracy(ax: Axes, frames: Sequence[pd.DataFrame], spread: str) -> None:
     """An accuracy axis from the data after the first tenth of the epochs (epoch 0 sits at chance).
 
     The range covers every center line and band from that epoch on, padded by 5 %, so that final differences
@@ -174,7 +183,7 @@ def _band_limits(rows: pd.DataFrame, spread: str) -> tuple[pd.Series, pd.Series]
     return rows["mean"] - std, rows["mean"] + std
 
 
-def _panel(ax, rows: pd.DataFrame, refs: pd.DataFrame, metric: str, optimizers: Sequence[str],
+def _panel(ax: Axes, rows: pd.DataFrame, refs: pd.DataFrame, metric: str, optimizers: Sequence[str],
            colors: dict[str, str], references: dict[str, str], spread: str) -> None:
     """One panel of the performance figure: our curves solid, the reference curves dashed."""
     _curves(ax, rows, optimizers, colors, spread)
@@ -192,7 +201,7 @@ def _panel(ax, rows: pd.DataFrame, refs: pd.DataFrame, metric: str, optimizers: 
 def performance_figure(aggregated: pd.DataFrame, problems: Sequence[str], optimizers: Sequence[str],
                        reference: pd.DataFrame | None = None, spread: str = "quartiles",
                        colors: dict[str, str] | None = None, reference_labels: dict[str, str] | None = None,
-                       legacy: Collection[str] = ()):
+                       legacy: Collection[str] = ()) -> Figure:
     """Rows: test loss, train loss (and test and train accuracy where a problem has them); columns: problems.
 
     Args:
@@ -238,7 +247,7 @@ def performance_figure(aggregated: pd.DataFrame, problems: Sequence[str], optimi
     return fig
 
 
-def _legend(fig, axes) -> None:
+def _legend(fig: Figure, axes: np.ndarray) -> None:
     handles, labels = {}, []
     for ax in np.ravel(axes):
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -251,7 +260,7 @@ def _legend(fig, axes) -> None:
 
 
 def runtime_figure(ratios: pd.DataFrame, optimizers: Sequence[str], baseline: str,
-                   colors: dict[str, str] | None = None):
+                   colors: dict[str, str] | None = None) -> Figure:
     """Time per epoch relative to ``baseline`` (wall clock and CPU); ``ratios`` from ``runtime_ratios``.
 
     Every run is a dot; the line through each optimizer's dots marks its median with the quartiles as error bar.
@@ -279,7 +288,7 @@ def runtime_figure(ratios: pd.DataFrame, optimizers: Sequence[str], baseline: st
 
 def grid_figure(aggregated: pd.DataFrame, problems: Sequence[str], batch_sizes: Sequence[int],
                 optimizers: Sequence[str], metric: str = "train_loss", colors: dict[str, str] | None = None,
-                legacy: Collection[str] = ()):
+                legacy: Collection[str] = ()) -> Figure:
     """``metric`` against epochs, rows problems, columns batch sizes (``aggregated`` grouped by batch_size).
 
     ``legacy``: the problems whose settings were chosen on the test set; their row labels say so.
@@ -305,7 +314,7 @@ def grid_figure(aggregated: pd.DataFrame, problems: Sequence[str], batch_sizes: 
 
 def sensitivity_figure(points: pd.DataFrame, problems: Sequence[str], curves: Sequence[str],
                        references: pd.DataFrame | None = None, metric: str = "test_accuracy",
-                       colors: dict[str, str] | None = None, legacy: Collection[str] = ()):
+                       colors: dict[str, str] | None = None, legacy: Collection[str] = ()) -> Figure:
     """Final ``metric`` against a hyperparameter on a log axis, one panel per problem.
 
     Args:
@@ -343,7 +352,7 @@ def sensitivity_figure(points: pd.DataFrame, problems: Sequence[str], curves: Se
                 for name, sub in references[references["problem"] == problem].groupby("optimizer", sort=False):
                     median = sub["final"].median()
                     if not math.isnan(median):
-                        ax.axhline(median, color=colors[name], linestyle="--", label=f"{name} (reference)")
+                        ax.axhline(median, color=colors[str(name)], linestyle="--", label=f"{name} (reference)")
             ax.set_xscale("log")
             ax.set_title(_title(problem, legacy))
             ax.set_xlabel(", ".join(dict.fromkeys(rows["hyperparameter"])) if "hyperparameter" in rows else "value")
@@ -353,7 +362,7 @@ def sensitivity_figure(points: pd.DataFrame, problems: Sequence[str], curves: Se
 
 
 def optimizer_state_figure(aggregated: pd.DataFrame, problems: Sequence[str], optimizers: Sequence[str],
-                           colors: dict[str, str] | None = None, legacy: Collection[str] = ()):
+                           colors: dict[str, str] | None = None, legacy: Collection[str] = ()) -> Figure:
     """The estimated step size (top row) and top curvature (bottom row) per epoch; columns problems.
 
     ``legacy``: the problems whose settings were chosen on the test set; their titles say so.
@@ -379,7 +388,7 @@ def optimizer_state_figure(aggregated: pd.DataFrame, problems: Sequence[str], op
 
 
 def profile_figure(profile: pd.DataFrame, optimizers: Sequence[str], what: str = "seconds",
-                   colors: dict[str, str] | None = None):
+                   colors: dict[str, str] | None = None) -> Figure:
     """Performance profiles: the fraction of problems within a factor tau of the fastest."""
     colors = colors or colors_for(optimizers)
     with _style() as plt:

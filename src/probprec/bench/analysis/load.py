@@ -14,6 +14,7 @@ listed in :mod:`.metrics`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -79,7 +80,8 @@ class Results:
         Runs that match no entry are dropped unless ``keep_unmatched``. Used to tell apart
         sweep entries that share an optimizer (e.g. PreconditionedSGD with and without a first-epoch lr).
         """
-        names = [labels.get((r.problem, r.optimizer, hyperparams_key(r.hyperparams))) for r in self.runs.itertuples()]
+        names = [labels.get((r["problem"], r["optimizer"], hyperparams_key(r["hyperparams"])))
+                 for r in self.runs.to_dict("records")]
         runs = self.runs.copy()
         runs["optimizer_name"] = runs["optimizer"]
         runs["optimizer"] = [n if n is not None else o for n, o in zip(names, runs["optimizer"], strict=True)]
@@ -103,9 +105,7 @@ class Results:
             path = folder / f"{name}.csv"
             write_text_atomic(path, table.to_csv(index=False))
             written.append(path)
-            try:
-                import pyarrow  # noqa: F401
-            except ImportError:
+            if importlib.util.find_spec("pyarrow") is None:
                 continue
             path = folder / f"{name}.parquet"
             with atomic_writer(path, "wb") as handle:
@@ -162,13 +162,13 @@ def load_results(paths: str | Path | Iterable[str | Path]) -> Results:
     Raises:
         UserError: a path does not exist.
     """
-    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
-    check_inputs(paths)
+    roots = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    check_inputs(roots)
     found: list[str] = []
     runs, rows = [], []
-    files = _files(paths)
+    files = _files(roots)
     for root, path in files:
-        run_id = path.relative_to(root).as_posix() if len(paths) == 1 else path.as_posix()
+        run_id = path.relative_to(root).as_posix() if len(roots) == 1 else path.as_posix()
         try:
             run, run_rows, notes = read_run(path, run_id)
         except NotARunError as error:
@@ -181,8 +181,8 @@ def load_results(paths: str | Path | Iterable[str | Path]) -> Results:
         runs.append(run)
         rows += run_rows
     if not files:
-        found.append(f"{', '.join(map(str, paths))}: no result files (*.json) found")
+        found.append(f"{', '.join(map(str, roots))}: no result files (*.json) found")
     elif not runs:
-        found.append(f"{', '.join(map(str, paths))}: none of the {len(files)} JSON files is a readable run result")
+        found.append(f"{', '.join(map(str, roots))}: none of the {len(files)} JSON files is a readable run result")
     run_table, curves = _tables(runs, rows)
     return Results(run_table, curves, found)

@@ -25,6 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -33,11 +34,15 @@ from ..results import write_text_atomic
 from . import figures, sections
 from .aggregation import aggregate, summary_table, time_to_target
 from .document import Document
+from .figures import FigureSummary
 from .load import Results, check_inputs, load_results
 from .metrics import LEGACY_TEST_LABEL
 from .profiles import performance_profile, profile_scores
 from .runtime import runtime_ratios, runtime_table
 from .selection import NO_VALIDATION, check_selection_metric, default_metric, order, select_settings, selected_runs
+
+if TYPE_CHECKING:  # matplotlib loads when a figure is drawn
+    from matplotlib.figure import Figure
 
 __all__ = ["Analysis", "Report", "ReportFolderError", "ReportOptions", "analyse", "runtime_ratios", "runtime_table",
            "sensitivity_points", "write_report"]
@@ -94,7 +99,7 @@ class Report:
     summary: pd.DataFrame
     curves: dict[str, int] = field(default_factory=dict)
     """Figure name -> the number of labelled curves drawn in it (lines and reference lines)."""
-    figure_summaries: dict[str, figures.FigureSummary] = field(default_factory=dict)
+    figure_summaries: dict[str, FigureSummary] = field(default_factory=dict)
     """Figure name -> what it shows (lines and their styles, texts, axis ranges)."""
     notes: list[str] = field(default_factory=list)
     """One line per problem and reason where optimizers got no setting (e.g. no validation curves)."""
@@ -248,9 +253,9 @@ class _Drawn:
     doc: Document
     paths: list[Path] = field(default_factory=list)
     curves: dict[str, int] = field(default_factory=dict)
-    summaries: dict[str, figures.FigureSummary] = field(default_factory=dict)
+    summaries: dict[str, FigureSummary] = field(default_factory=dict)
 
-    def __call__(self, fig, name: str, caption: str) -> None:
+    def __call__(self, fig: Figure, name: str, caption: str) -> None:
         summary = figures.summarize(fig)
         self.curves[name], self.summaries[name] = summary.curves, summary
         written = figures.save_figure(fig, self.folder / name)
@@ -350,18 +355,19 @@ def sensitivity_points(results: Results, sensitivity: dict[str, str] | None,
                         counts.setdefault(key, set()).add(value)
             swept = [k for k, v in counts.items() if len(v) >= 3]
             if swept:
-                chosen[optimizer] = max(swept, key=lambda k: len(counts[k]))
+                chosen[str(optimizer)] = max(swept, key=lambda k: len(counts[k]))
     rows = []
-    for run in runs.itertuples():
-        key = chosen.get(run.optimizer)
-        value = run.hyperparams.get(key) if key is not None else None
+    for run in runs.to_dict("records"):
+        key = chosen.get(run["optimizer"])
+        value = run["hyperparams"].get(key) if key is not None else None
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
             continue
-        metric = default_metric(results, run.problem, metric_split)
-        final = results.curves[(results.curves["run_id"] == run.run_id) & (results.curves["metric"] == metric)
-                               & (results.curves["epoch"] == run.num_epochs)]["value"]
-        rows.append({"problem": run.problem, "optimizer": run.optimizer, "hyperparameter": key, "value": float(value),
-                     "final": float(final.iloc[0]) if len(final) and run.status == "completed" else math.nan,
+        metric = default_metric(results, run["problem"], metric_split)
+        final = results.curves[(results.curves["run_id"] == run["run_id"]) & (results.curves["metric"] == metric)
+                               & (results.curves["epoch"] == run["num_epochs"])]["value"]
+        rows.append({"problem": run["problem"], "optimizer": run["optimizer"], "hyperparameter": key,
+                     "value": float(value),
+                     "final": float(final.iloc[0]) if len(final) and run["status"] == "completed" else math.nan,
                      "metric": metric})
     points = pd.DataFrame(rows, columns=["problem", "optimizer", "hyperparameter", "value", "final", "metric"])
     swept_here = points.groupby(["problem", "optimizer"])["value"].transform("nunique") >= 2
@@ -373,11 +379,11 @@ def _sensitivity_references(results: Results, picked: Results, swept: dict[str, 
     if others.empty:
         return None
     rows = []
-    for run in others.itertuples():
-        metric = default_metric(results, run.problem, "test")
-        final = picked.curves[(picked.curves["run_id"] == run.run_id) & (picked.curves["metric"] == metric)
-                              & (picked.curves["epoch"] == run.num_epochs)]["value"]
-        rows.append({"problem": run.problem, "optimizer": run.optimizer,
+    for run in others.to_dict("records"):
+        metric = default_metric(results, run["problem"], "test")
+        final = picked.curves[(picked.curves["run_id"] == run["run_id"]) & (picked.curves["metric"] == metric)
+                              & (picked.curves["epoch"] == run["num_epochs"])]["value"]
+        rows.append({"problem": run["problem"], "optimizer": run["optimizer"],
                      "final": float(final.iloc[0]) if len(final) else math.nan})
     return pd.DataFrame(rows)
 
@@ -424,9 +430,9 @@ def _reference(options: ReportOptions,
         return None, {}, [], set()
     chosen = select_settings(reference, options.metric, options.mode,
                              legacy_test_selection=options.legacy_test_selection)
-    labels = {row.optimizer: f"{row.optimizer} (reference"
-              + (f", {LEGACY_TEST_LABEL})" if LEGACY_TEST_LABEL in row.selected_on else ")")
-              for row in chosen.itertuples()}
+    labels = {row["optimizer"]: f"{row['optimizer']} (reference"
+              + (f", {LEGACY_TEST_LABEL})" if LEGACY_TEST_LABEL in row["selected_on"] else ")")
+              for row in chosen.to_dict("records")}
     aggregated = aggregate(selected_runs(reference, chosen))
     return (aggregated if len(aggregated) else None), labels, _notes(chosen, "reference "), _legacy(chosen)
 

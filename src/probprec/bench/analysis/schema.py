@@ -71,7 +71,7 @@ def _typed(container: dict[str, Any], key: str, kind: type, where: str = "") -> 
                           f"{_show(value)}")
 
 
-def _numbers(key: str, values: Any, longest: int, finite: bool = False) -> None:
+def _numbers(key: str, values: Any, longest: float, finite: bool = False) -> None:
     """A list of numbers (or nulls unless ``finite``), at most ``longest`` long."""
     if not isinstance(values, list):
         raise SchemaError(f"{key} must be a list of numbers, got {_show(values)}")

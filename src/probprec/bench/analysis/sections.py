@@ -136,7 +136,7 @@ def problem_section(doc: Document, analysis: Analysis, problem: str, options: Re
                                    & ~analysis.candidates["optimizer"].isin(set(rows.get("optimizer", [])))]
     for optimizer, group in unchosen.groupby("optimizer", sort=False):
         reason = group.loc[group["rank"] == 1, "how_chosen"].iloc[0]
-        table.append([optimizer, f"none of {count(len(group), 'setting')}", "nothing", reason,
+        table.append([str(optimizer), f"none of {count(len(group), 'setting')}", "nothing", reason,
                       str(int(group["runs"].sum())), *["n/a"] * (len(header) - 5)])
     doc.table(header, table)
     target = analysis.targets.get(problem)
@@ -150,12 +150,12 @@ def problem_section(doc: Document, analysis: Analysis, problem: str, options: Re
 
 def _environment_rows(runs: pd.DataFrame) -> list[list[str]]:
     counts: dict[tuple, int] = {}
-    for run in runs.itertuples():
-        env = run.environment or {}
+    for run in runs.to_dict("records"):
+        env = run["environment"] or {}
         packages = env.get("packages") or {}
-        key = (str(run.device or "n/a"), str(env.get("cpu") or "n/a"), str(env.get("gpus") or "none"),
+        key = (str(run["device"] or "n/a"), str(env.get("cpu") or "n/a"), str(env.get("gpus") or "none"),
                str(packages.get("torch") or "n/a"), str(env.get("python") or "n/a"),
-               str(env.get("git_commit") or "n/a"), str(run.source))
+               str(env.get("git_commit") or "n/a"), str(run["source"]))
         counts[key] = counts.get(key, 0) + 1
     return [[*key, str(n)] for key, n in counts.items()]
 

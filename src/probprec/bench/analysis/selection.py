@@ -30,8 +30,9 @@ optimizer with a single setting reports it as "the only setting".
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -55,12 +56,12 @@ def default_metric(results: Results, problem: str, split: str = "valid") -> str:
     return f"{split}_{results.metric_kind(problem)}"
 
 
-def order(values: Sequence[str], preferred: Sequence[str] | None) -> list[str]:
+def order(values: Iterable[str], preferred: Sequence[str] | None) -> list[str]:
     """``values`` in the user's order (``preferred`` first, then the rest as met), never the file system's."""
-    values = list(dict.fromkeys(values))
+    met = list(dict.fromkeys(values))
     if not preferred:
-        return values
-    return [v for v in preferred if v in values] + [v for v in values if v not in preferred]
+        return met
+    return [v for v in preferred if v in met] + [v for v in met if v not in preferred]
 
 
 def check_selection_metric(metric: str | None) -> str | None:
@@ -128,14 +129,16 @@ def _score(curves: pd.DataFrame, run_ids: list[str], rule: _Rule, final_epoch: i
     return float(mean.max() if higher_is_better(rule.metric) else mean.min())
 
 
-def _seed_text(seeds: Sequence[int]) -> str:
-    seeds = sorted(seeds)
-    if len(seeds) == 1:
-        return f"seed {seeds[0]}"
-    return f"seeds {', '.join(map(str, seeds))}" if len(seeds) <= 4 else f"{len(seeds)} seeds {seeds[0]}-{seeds[-1]}"
+def _seed_text(seeds: Iterable[int]) -> str:
+    ordered = sorted(seeds)
+    if len(ordered) == 1:
+        return f"seed {ordered[0]}"
+    if len(ordered) <= 4:
+        return f"seeds {', '.join(map(str, ordered))}"
+    return f"{len(ordered)} seeds {ordered[0]}-{ordered[-1]}"
 
 
-def _shared_seeds(settings: dict[str, pd.DataFrame]) -> set[int]:
+def _shared_seeds(settings: Mapping[Any, pd.DataFrame]) -> set[int]:
     """The seeds every setting with a finished run has finished (empty with fewer than two such settings)."""
     seed_sets = [set(runs["seed"]) for runs in settings.values() if len(runs)]
     return set.intersection(*seed_sets) if len(seed_sets) > 1 else set()
@@ -196,6 +199,20 @@ def _how_chosen(table: pd.DataFrame, rule: _Rule | None) -> tuple[str, str | Non
     return how + (f" ({LEGACY_TEST_LABEL})" if rule.legacy else ""), None
 
 
+@overload
+def select_settings(results: Results, metric: str | None = None, mode: str = "final",
+                    by: Sequence[str] = ("problem", "optimizer"), problems: Sequence[str] | None = None,
+                    optimizers: Sequence[str] | None = None, return_candidates: Literal[False] = False,
+                    legacy_test_selection: bool = False) -> pd.DataFrame: ...
+
+
+@overload
+def select_settings(results: Results, metric: str | None = None, mode: str = "final",
+                    by: Sequence[str] = ("problem", "optimizer"), problems: Sequence[str] | None = None,
+                    optimizers: Sequence[str] | None = None, *, return_candidates: Literal[True],
+                    legacy_test_selection: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]: ...
+
+
 def select_settings(results: Results, metric: str | None = None, mode: str = "final",
                     by: Sequence[str] = ("problem", "optimizer"), problems: Sequence[str] | None = None,
                     optimizers: Sequence[str] | None = None, return_candidates: bool = False,
@@ -222,7 +239,10 @@ def select_settings(results: Results, metric: str | None = None, mode: str = "fi
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     chosen_metric = check_selection_metric(metric)
     keys = list(dict.fromkeys([*by, "setting"]))
-    tables, notes, unchosen, picked = [], [], [], []
+    tables: list[pd.DataFrame] = []
+    notes: list[str] = []
+    unchosen: list[dict[str, Any]] = []
+    picked: list[int] = []
     for key, group in results.runs.groupby(list(by), sort=False, dropna=False):
         values = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
         rule = _group_rule(results, group, chosen_metric, mode, legacy_test_selection)

@@ -33,7 +33,7 @@ class Problem(ABC):
     """The data set on disk, or None when the data are generated or ship with a dependency."""
     batch_size: ClassVar[int]
     epochs: ClassVar[int]
-    l2: ClassVar[float] = 0.0
+    l2: float = 0.0
     restart_every: ClassVar[int] = 1
     """Epochs between fresh curvature estimates in the runner's default schedule."""
 

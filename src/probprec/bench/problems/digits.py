@@ -78,4 +78,5 @@ class DigitsMLPLayerwise(DigitsMLP):
     description = "digits_mlp with one parameter group per layer (embedded)"
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        return [{"params": list(layer.parameters())} for layer in model if any(True for _ in layer.parameters())]
+        return [{"params": list(layer.parameters())} for layer in model.children()
+                if any(True for _ in layer.parameters())]

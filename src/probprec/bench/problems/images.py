@@ -1,4 +1,4 @@
-"""DeepOBS's image problems (PyTorch 1.2 beta, spec/benchmark-protocol.md §2) and the paper's networks.
+"""DeepOBS's image problems (as in its PyTorch version 1.2.0-beta0) and the paper's networks.
 
 Architectures, initialisations, L2 terms and default batch sizes and epochs as in
 DeepOBS, with TensorFlow's 'same' padding. Deliberate deviations, each a fix:
@@ -11,7 +11,9 @@ example (the beta dropped the last partial batch).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -47,7 +49,11 @@ def _to_unit(image: Tensor) -> Tensor:
     return image.float().div_(255.0)
 
 
-def _normalizer(mean, std):
+Transform = Callable[[Tensor], Tensor]
+"""A per-image transform: a uint8 image tensor to the network's input."""
+
+
+def _normalizer(mean: Sequence[float], std: Sequence[float]) -> Transform:
     mean_t, std_t = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
 
     def transform(image: Tensor) -> Tensor:
@@ -56,7 +62,7 @@ def _normalizer(mean, std):
     return transform
 
 
-def _augmenter(mean, std, flip: bool):
+def _augmenter(mean: Sequence[float], std: Sequence[float], flip: bool) -> Transform:
     """DeepOBS's training augmentation: pad 2, random 32x32 crop, (flip), colour jitter, normalise."""
     from torchvision.transforms import v2
 
@@ -68,7 +74,8 @@ def _augmenter(mean, std, flip: bool):
     return v2.Compose(steps)
 
 
-def _image_splits(train_x, train_y, test_x, test_y, n_valid, train_transform, eval_transform) -> Splits:
+def _image_splits(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, n_valid: int,
+                  train_transform: Transform, eval_transform: Transform) -> Splits:
     """Fixed splits with the official validation size (a fifth of the data for data sets too small for it)."""
     if len(train_y) < 2 * n_valid:
         n_valid = max(1, len(train_y) // 5)
@@ -84,7 +91,7 @@ def _image_splits(train_x, train_y, test_x, test_y, n_valid, train_transform, ev
 class _MnistData:
     """MNIST (or Fashion-MNIST): 50k train / 10k valid / 10k test, pixels in [0, 1], no normalisation."""
 
-    dataset = "mnist"
+    dataset: ClassVar[str | None] = "mnist"
     fashion = False
 
     def splits(self, data_dir: str | Path, download: bool = False) -> Splits:
@@ -93,14 +100,14 @@ class _MnistData:
 
 
 class _FmnistData(_MnistData):
-    dataset = "fmnist"
+    dataset: ClassVar[str | None] = "fmnist"
     fashion = True
 
 
 class _CifarData:
     """CIFAR-10/100: 40k train (augmented) / 10k valid / 10k test, per-channel normalisation."""
 
-    dataset = "cifar10"
+    dataset: ClassVar[str | None] = "cifar10"
     classes = 10
 
     def splits(self, data_dir: str | Path, download: bool = False) -> Splits:
@@ -110,7 +117,7 @@ class _CifarData:
 
 
 class _Cifar100Data(_CifarData):
-    dataset = "cifar100"
+    dataset: ClassVar[str | None] = "cifar100"
     classes = 100
 
 
@@ -126,7 +133,7 @@ def _dense_relu(sizes: list[int]) -> list[nn.Module]:
     return layers
 
 
-def _init(model: nn.Module, weight, bias: float) -> nn.Module:
+def _init(model: nn.Module, weight: Callable[[Tensor], object], bias: float) -> nn.Module:
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             weight(m.weight)
@@ -139,7 +146,8 @@ def _xavier_3c3d(model: nn.Module) -> nn.Module:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.xavier_normal_(m.weight)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
@@ -265,7 +273,7 @@ class Cifar100AllCNNC(_Cifar100Data, Problem):
     l2 = 5e-4
 
     def model(self) -> nn.Module:
-        def conv(a, b, k, stride=1, same=True):
+        def conv(a: int, b: int, k: int, stride: int = 1, same: bool = True) -> list[nn.Module]:
             layer = Conv2dSame(a, b, k, stride) if same else nn.Conv2d(a, b, k, stride)
             return [layer, nn.ReLU()]
 
@@ -279,7 +287,8 @@ class Cifar100AllCNNC(_Cifar100Data, Problem):
         for m in net.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_normal_(m.weight)
-                nn.init.constant_(m.bias, 0.1)
+                if m.bias is not None:
+                    nn.init.constant_(m.bias, 0.1)
         return net
 
 
@@ -310,7 +319,7 @@ class SvhnWRN164(Problem):
 
     name = "svhn_wrn164"
     description = "Wide ResNet 16-4 on SVHN (DeepOBS)"
-    dataset = "svhn"
+    dataset: ClassVar[str | None] = "svhn"
     batch_size = 128
     epochs = 160
     l2 = 5e-4
@@ -352,7 +361,7 @@ class Mnist35LogReg(Problem):
 
     name = "mnist35_logreg"
     description = "binary logistic regression on MNIST 3 vs 5 (paper §3.2)"
-    dataset = "mnist"
+    dataset: ClassVar[str | None] = "mnist"
     batch_size = 128
     epochs = 20
     l2 = 1e-3
@@ -369,7 +378,7 @@ class Mnist35LogReg(Problem):
     def splits(self, data_dir: str | Path, download: bool = False) -> Splits:
         train_x, train_y, test_x, test_y = load_mnist(data_dir, download=download)
 
-        def pick(x: np.ndarray, y: np.ndarray):
+        def pick(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             keep = (y == 3) | (y == 5)
             return x[keep], (y[keep] == 3).astype(np.int64)
 

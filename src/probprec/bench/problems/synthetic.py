@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,6 +40,9 @@ class _PerSampleLoss(Problem):
 
 
 class _QuadraticModel(nn.Module):
+    hessian: Tensor
+    """A buffer (moves with the model, saved with its state dict)."""
+
     def __init__(self, hessian: Tensor):
         super().__init__()
         self.theta = nn.Parameter(torch.ones(hessian.shape[0]))
@@ -103,7 +107,7 @@ class QuadraticDeep(_PerSampleLoss):
 
 
 class _TwoDModel(nn.Module):
-    def __init__(self, function, start: tuple[float, float]):
+    def __init__(self, function: Callable[[Tensor, Tensor], Tensor], start: tuple[float, float]):
         super().__init__()
         self.function = function
         self.u = nn.Parameter(torch.tensor([start[0]]))

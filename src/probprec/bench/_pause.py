@@ -1,4 +1,8 @@
-"""A hook for tests: a run waits after the checkpoint of a given epoch until the test lets it go on.
+"""Test-only: a run waits after the checkpoint of a given epoch until the test lets it go on.
+
+Private on purpose: no user of the harness has a use for it; the runner calls
+:func:`pause_if_asked` after every checkpoint, and the tests of interrupts, kills,
+resumption and locks set the variables below (``tests/bench/run_control.py``).
 
 Tests of interrupts, kills, resumption and locks must act while a run is certainly in
 progress and has a checkpoint; how long a run takes is no certainty. With both
@@ -11,7 +15,7 @@ marker file ``FOLDER/<key>.paused`` (one per run; its first line is the checkpoi
 its second the process id) and waits until that file is removed, then goes on. A signal
 while it waits interrupts the run as anywhere else, and the marker is removed when the
 run leaves the wait however it leaves. Without the variables the hook costs one look-up
-of the environment per epoch. It is not meant for anything but tests.
+of the environment per epoch.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ def test_a_format_0_state_dict_continues_bit_identically(name, phase):
     model = mlp()
     model.load_state_dict(saved["model"])
     opt = CONFIGS[name](model)
+    if opt.config.mode == "default":  # format 0 knew no safeguard: with it on, the state dict is refused
+        with pytest.raises(ValueError, match="safeguard=False"):
+            opt.load_state_dict(saved["optimizer"])
+        opt = CONFIGS[name](model, safeguard=False)  # the behaviour that wrote it
     opt.load_state_dict(saved["optimizer"])
     assert opt.phase == saved["phase"]
     train(model, opt, classification_batches(STEPS, seed=2), saved["step"], STEPS)

@@ -351,16 +351,21 @@ def test_any_torch_optimizer_can_be_inner(inner):
     assert len(opt._inner.state) > 0  # the inner optimizer stepped
 
 
-def test_create_graph_property_follows_the_phase():
-    model, opt = fresh(OPTIMIZERS["only_adaptive"])
+@pytest.mark.parametrize("safeguard", [False, True])
+def test_create_graph_property_follows_the_phase(safeguard):
+    model = mlp()
+    opt = OnlyAdaptiveSGD(model.parameters(), safeguard=safeguard, **KW)
     flags = []
-    for x, y in classification_batches(P + 2):
+    for x, y in classification_batches(P + 4):
         flags.append(opt.create_graph)
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward(create_graph=opt.create_graph)
         opt.step()
-    assert flags == [True] * P + [False] * 2
-    assert opt.get_log()["hvp_count"] == P
+    # the prior's P steps; with the safeguard, the first update after the estimate's own is a check step
+    # (its step ratio is small here, so the next check is two updates later)
+    checks = [True, False, True, False] if safeguard else [False] * 4
+    assert flags == [True] * P + checks
+    assert opt.get_log()["hvp_count"] == P + sum(checks)
     assert opt.get_log()["eigenvalues"] == [[] for _ in model.parameters()]
 
 

@@ -5,15 +5,17 @@ Format 1 (this release)::
     {"state": {index: {"eigvecs", "eigvals", "factors"}},   # the preconditioner in use, per parameter
      "param_groups": [...],                                   # torch.optim's, with "step_size"
      "probprec": {"version": 1, "config": {...}, "shapes": [...],
-                  "schedule": probprec.schedule.CycleSchedule, "log": probprec.log.OptimizerLog.as_state,
+                  "schedule": probprec.schedule.CycleSchedule, "safeguard": probprec.safeguard.Safeguard,
+                  "log": probprec.log.OptimizerLog.as_state,
                   "gains": [...], "estimator": None or the cycle in progress (CycleEstimator.state_dict)},
      "inner": the inner optimizer's state dict}
 
 Format 0 (the releases before the estimator was its own object) kept the cycle's buffers in the
-per-parameter state and the phase machine in ``"probprec"`` without a version; :func:`upgrade` turns it
-into format 1. A state dict of an unknown (newer) version is refused. :func:`check_state_dict` runs
-before ``load_state_dict`` changes anything, so a state dict from another model (other shapes), another
-configuration (``num_observations``, the inner optimizer's class, the mode, ...) or a damaged file is
+per-parameter state and the phase machine in ``"probprec"`` without a version, and knew no safeguard;
+:func:`upgrade` turns it into format 1 with the safeguard off (the behaviour that wrote it). A state dict
+of an unknown (newer) version is refused. :func:`check_state_dict` runs before ``load_state_dict``
+changes anything, so a state dict from another model (other shapes), another configuration
+(``num_observations``, the inner optimizer's class, the mode, the safeguard, ...) or a damaged file is
 refused with one clear ``ValueError`` and the optimizer is left as it was.
 """
 
@@ -121,11 +123,14 @@ def _from_format_0(sd: Mapping[str, Any]) -> dict[str, Any]:
                 "cycles_completed": log["cycles_completed"]}
     new_log = {"events": list(log["events"]), "priors": [gs["prior"] for gs in groups],
                "tensors": dict(log.get("tensors", {})), "hvp_count": log["hvp_count"]}
-    probprec = {"version": VERSION, "schedule": schedule, "log": new_log,
+    safeguard = {"factors": [1.0] * len(groups), "last": [None] * len(groups), "next_check": 1, "interval": 1,
+                 "checks": 0, "cuts": 0}
+    probprec = {"version": VERSION, "schedule": schedule, "safeguard": safeguard, "log": new_log,
                 "gains": [gs.get("gain", 1.0) for gs in groups], "estimator": estimator}
-    for key in ("config", "shapes"):
-        if key in extra:
-            probprec[key] = extra[key]
+    if "config" in extra:
+        probprec["config"] = {**extra["config"], "safeguard": False}
+    if "shapes" in extra:
+        probprec["shapes"] = extra["shapes"]
     return {**sd, "state": state, "probprec": probprec}
 
 
@@ -211,6 +216,13 @@ def _check_record(extra: Mapping[str, Any], expected: Expected) -> None:
     if not isinstance(schedule.get("retry_after"), (int, type(None))):
         raise _fail("is damaged: 'probprec'['schedule']['retry_after'] must be an integer or None")
     groups = len(expected.group_sizes)
+    safeguard = _mapping(extra.get("safeguard"), "'probprec'['safeguard']")
+    for key in ("factors", "last"):
+        if len(_sequence(safeguard.get(key), f"'probprec'['safeguard'][{key!r}]")) != groups:
+            raise _fail(f"is damaged: 'probprec'['safeguard'][{key!r}] must have one entry per group ({groups})")
+    for key in ("next_check", "interval", "checks", "cuts"):
+        if not isinstance(safeguard.get(key), int):
+            raise _fail(f"is damaged: 'probprec'['safeguard'][{key!r}] must be an integer")
     log = _mapping(extra.get("log"), "'probprec'['log']")
     priors = _sequence(log.get("priors"), "'probprec'['log']['priors']")
     gains = _sequence(extra.get("gains"), "'probprec'['gains']")

@@ -39,6 +39,8 @@ class Config:
     build_preconditioner: bool = True
     apply_preconditioner: bool = True
     mode: str = "default"
+    safeguard: bool = True
+    """Check updates against the curvature they meet (:mod:`probprec.safeguard`)."""
     quirks: frozenset[str] = frozenset()
     """The 2019 quirks left on (thesis mode); empty in the default mode."""
 
@@ -64,6 +66,8 @@ class Config:
             )
         restart = options.get("restart_interval", cls.restart_interval)
         mode = check_choice("mode", options.get("mode", cls.mode), MODES)
+        safeguard = options.get("safeguard")  # None: on in the default mode, off in the 2019 class's
+        safeguard = mode == "default" if safeguard is None else bool(safeguard)
         return cls(
             est_rank=est_rank,
             num_observations=num_observations,
@@ -78,6 +82,7 @@ class Config:
             build_preconditioner=build,
             apply_preconditioner=apply,
             mode=mode,
+            safeguard=safeguard,
             quirks=_quirks(mode, fixes),
         )
 
@@ -99,7 +104,7 @@ class Config:
                 "fixes": list(self.fixes), "step_rule": self.step_rule, "extraction": self.extraction,
                 "observe": self.observe, "orthogonalize": self.orthogonalize,
                 "build_preconditioner": self.build_preconditioner,
-                "apply_preconditioner": self.apply_preconditioner}
+                "apply_preconditioner": self.apply_preconditioner, "safeguard": self.safeguard}
 
 
 def _quirks(mode: str, fixes: Any) -> frozenset[str]:

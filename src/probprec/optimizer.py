@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 
 from . import _checkpoint, _loss_scale
 from ._groups import INNER_WEIGHT_DECAY, RESERVED_KEYS, InnerSpec, check_new_group, own_defaults
+from ._precision import dot
 from ._validation import check_float, check_inner_class, check_memory, group_list
 from .arithmetic import arithmetic_for
 from .config import Config
@@ -27,6 +28,7 @@ from .estimator import CycleEstimator, Estimate, Outcome
 from .hvp import has_graph, hessian_vector_product
 from .log import OptimizerLog
 from .precondition import precondition
+from .safeguard import LIMIT, Safeguard
 from .schedule import CycleSchedule
 
 __all__ = ["Preconditioner"]
@@ -160,6 +162,7 @@ class Preconditioner(Optimizer):
         apply_preconditioner: bool = True,
         mode: str = "default",
         fixes: str | Iterable[str] | None = (),
+        safeguard: bool | None = None,
         first_cycle_lr: float | None = None,
         inner_weight_decay: float = 0.0,
         **optim_hyperparams: Any,
@@ -169,7 +172,7 @@ class Preconditioner(Optimizer):
             prior_iterations=prior_iterations, step_rule=step_rule, beta=beta, extraction=extraction,
             observe=observe, orthogonalize=orthogonalize, noise_floor=noise_floor,
             restart_interval=restart_interval, build_preconditioner=build_preconditioner,
-            apply_preconditioner=apply_preconditioner, mode=mode)
+            apply_preconditioner=apply_preconditioner, mode=mode, safeguard=safeguard)
         defaults = own_defaults(weight_decay, inner_weight_decay, lr, first_cycle_lr)
         self.optim_class = check_inner_class(optim_class, Preconditioner)
         for reserved in RESERVED_KEYS:
@@ -187,6 +190,7 @@ class Preconditioner(Optimizer):
         self._schedule = CycleSchedule()
         self._estimator: CycleEstimator | None = None
         self._log = OptimizerLog()
+        self._safeguard = Safeguard()
         self._gains: list[float] = []
         self._warned: set[str] = set()
         self._products: list[tuple[Tensor, Tensor]] = []
@@ -219,12 +223,14 @@ class Preconditioner(Optimizer):
         try:
             self._log.priors.append(None)
             self._gains.append(1.0)
+            self._safeguard.add_group()
             self._plan = None
             if self._inner is not None:
                 check_memory(self._all_params(), self.config.num_observations, self.config.est_rank)
                 self._inner.add_param_group(self._inner_spec.inner_group(self.param_groups[-1]))
         except BaseException:
             del self.param_groups[before:], self._log.priors[before:], self._gains[before:]
+            self._safeguard.remove_groups(before)
             raise
 
     # ------------------------------------------------------------- public API
@@ -232,7 +238,15 @@ class Preconditioner(Optimizer):
     @property
     def create_graph(self) -> bool:
         """True exactly while the next ``step()`` needs curvature (pass it to ``backward``)."""
-        return self._estimator is not None and self._estimator.needs_curvature
+        if self._estimator is not None:
+            return self._estimator.needs_curvature
+        return self._check_due()
+
+    def _check_due(self) -> bool:
+        """Whether the next update checks its step (:mod:`probprec.safeguard`)."""
+        if not self.config.safeguard or self._schedule.cycles_completed == 0:
+            return False
+        return self._safeguard.check_due(self._schedule.optimize_steps + 1)
 
     @property
     def phase(self) -> str:
@@ -352,6 +366,7 @@ class Preconditioner(Optimizer):
             "config": self.config.structure(self.optim_class),
             "shapes": [list(p.shape) for p in self._all_params()],
             "schedule": self._schedule.as_state(),
+            "safeguard": self._safeguard.as_state(),
             "log": self._log.as_state(),
             "gains": list(self._gains),
             "estimator": None if self._estimator is None else self._estimator.state_dict(),
@@ -387,6 +402,7 @@ class Preconditioner(Optimizer):
         super().load_state_dict(state_dict)
         self._plan = None
         self._schedule = CycleSchedule(**extra["schedule"])
+        self._safeguard = Safeguard.from_state(extra["safeguard"])
         self._log = OptimizerLog.from_state(extra["log"])
         self._gains = [float(g) for g in extra["gains"]]
         group_params = [g["params"] for g in self.param_groups]
@@ -396,7 +412,7 @@ class Preconditioner(Optimizer):
         self._inner.load_state_dict(inner)
 
     _OWN_ATTRIBUTES = ("config", "arithmetic", "optim_class", "_inner_spec", "_inner", "_plan", "_schedule",
-                       "_estimator", "_log", "_gains", "_warned", "_products")
+                       "_safeguard", "_estimator", "_log", "_gains", "_warned", "_products")
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -440,11 +456,13 @@ class Preconditioner(Optimizer):
             if scale.values is not None:
                 _loss_scale.unscale_([p.grad for p in self._all_params()], scale.values)
             if not scale.skip:  # a step the scaler skips (inf or NaN gradients) changes nothing
+                self._graph_scale = 1.0 if scale.graph is None else scale.graph
                 if self._estimator is None:
-                    self._optimize_no_grad()
+                    self._optimize_no_grad(check=self._check_due())
                 else:
-                    self._estimate(loss, 1.0 if scale.graph is None else scale.graph)
+                    self._estimate(loss)
         finally:
+            self._graph_scale = 1.0
             self._release_graphs()
         return loss
 
@@ -469,18 +487,15 @@ class Preconditioner(Optimizer):
 
     # ------------------------------------------------------------- estimation
 
-    def _estimate(self, loss: Any, graph_scale: float) -> None:
+    def _estimate(self, loss: Any) -> None:
         """One estimation step; if it raises, the optimizer is restored to what it was before."""
         assert self._estimator is not None
         backup, hvp_count = self._estimator.copy(), self._log.hvp_count
-        self._graph_scale = graph_scale
         try:
             outcome = self._estimator.step(self.param_groups, loss, self._hvp)
         except BaseException:
             self._estimator, self._log.hvp_count, self._products = backup, hvp_count, []
             raise
-        finally:
-            self._graph_scale = 1.0
         self._act_on(outcome)
 
     def _hvp(self, params: list[Tensor], vectors: list[Tensor]) -> list[Tensor]:
@@ -506,8 +521,10 @@ class Preconditioner(Optimizer):
     def _act_on(self, outcome: Outcome) -> None:
         for i, prior in outcome.priors.items():
             self._log.priors[i] = prior
+        failed = {e.group for e in outcome.events if e.kind == "fallback"}
         for i, step_size in outcome.step_sizes.items():
             self.param_groups[i]["step_size"] = step_size
+            self._safeguard.new_estimate(i, step_size, failed=i in failed)
         for event in outcome.events:
             self._event(event.kind, event.message, event.group)
         if outcome.restart is not None:
@@ -528,6 +545,7 @@ class Preconditioner(Optimizer):
         for i, gain in estimate.gains.items():
             self._gains[i] = gain
         self._schedule.complete()
+        self._safeguard.restart()
         self._plan = None
         assert self._inner is not None
         self.arithmetic.after_cycle(self._inner)
@@ -584,40 +602,85 @@ class Preconditioner(Optimizer):
         return self._plan
 
     @torch.no_grad()
-    def _optimize_no_grad(self) -> None:
-        self._optimize()
+    def _optimize_no_grad(self, check: bool = False) -> None:
+        self._optimize(check)
 
-    def _optimize(self) -> None:
-        """One update: the inner optimizer steps on the preconditioned gradient at the effective rate."""
+    def _optimize(self, check: bool = False) -> None:
+        """One update: the inner optimizer steps on the preconditioned gradient at the effective rate.
+
+        With ``check`` (a check step of :mod:`probprec.safeguard`) the step is first measured against the
+        curvature along it, and the step sizes are cut if it would overshoot.
+        """
         inner = self._inner
         assert inner is not None
         swapped: list[tuple[Tensor, Tensor | None]] = []
         try:
-            for index, (group, inner_group, entries) in enumerate(
-                zip(self.param_groups, inner.param_groups, self._apply_plan(), strict=True)
-            ):
-                self._inner_spec.copy_values(group, inner_group)
-                lr = self._effective_lr(index)
-                if lr is None:  # no step size yet: hold the group
-                    inner_group["lr"] = 0.0
-                    for p in group["params"]:
-                        if p.grad is not None:
-                            swapped.append((p, p.grad))
-                            p.grad = None
-                    continue
-                inner_group["lr"] = lr
-                wd, inner_extra = self.arithmetic.update_weight_decay(group["weight_decay"])
-                if inner_extra:
-                    inner_group["weight_decay"] = inner_group.get("weight_decay", 0.0) + inner_extra
-                swapped += self._precondition_gradients(entries, wd)
+            lrs = self._prepare_update(inner, swapped)
+            if check:
+                self._check_update(inner, lrs, dict(swapped))
             inner.step()
         finally:
             keep = self.arithmetic.keeps_preconditioned  # the 2019 class left P g in p.grad
             for p, g in swapped:
                 if not (keep and p.grad is not None):
                     p.grad = g
+        for index in range(len(self.param_groups)):
+            self._safeguard.used(index, self._estimated_step(index))
         if self._schedule.update():
             self._begin_cycle()  # the wait after repeated failures is over: try again
+
+    def _prepare_update(self, inner: Optimizer, swapped: list[tuple[Tensor, Tensor | None]]) -> list[float | None]:
+        """Set each inner group's rate and hyperparameters and precondition its gradients; return the rates."""
+        lrs: list[float | None] = []
+        for index, (group, inner_group, entries) in enumerate(
+            zip(self.param_groups, inner.param_groups, self._apply_plan(), strict=True)
+        ):
+            self._inner_spec.copy_values(group, inner_group)
+            lr = self._effective_lr(index)
+            lrs.append(lr)
+            if lr is None:  # no step size yet: hold the group
+                inner_group["lr"] = 0.0
+                for p in group["params"]:
+                    if p.grad is not None:
+                        swapped.append((p, p.grad))
+                        p.grad = None
+                continue
+            inner_group["lr"] = lr
+            wd, inner_extra = self.arithmetic.update_weight_decay(group["weight_decay"])
+            if inner_extra:
+                inner_group["weight_decay"] = inner_group.get("weight_decay", 0.0) + inner_extra
+            swapped += self._precondition_gradients(entries, wd)
+        return lrs
+
+    def _check_update(self, inner: Optimizer, lrs: list[float | None], originals: dict[Tensor, Tensor | None]) -> None:
+        r"""Measure the step ratio :math:`r = \Delta^\top B \Delta / G^\top \Delta`; cut the step sizes if too large."""
+        params, grads, steps, slopes, decay = [], [], [], [], []
+        for group, lr in zip(self.param_groups, lrs, strict=True):
+            if lr is None or not group["adaptive_lr"]:
+                continue
+            for p in group["params"]:
+                graph = originals.get(p, p.grad)
+                if p.grad is None or graph is None or not has_graph(graph):
+                    continue
+                step = p.grad.reshape(-1) * lr  # P G, times the rate
+                objective = graph.detach().reshape(-1) + group["weight_decay"] * p.detach().reshape(-1)
+                params.append(p)
+                grads.append(graph)
+                steps.append(step)
+                slopes.append(dot(objective, step))
+                decay.append(group["weight_decay"] * dot(step, step))
+        if not params:
+            return
+        products = hessian_vector_product(params, grads, [s.view_as(p) for s, p in zip(steps, params, strict=True)])
+        self._log.hvp_count += 1
+        curvature = sum(dot(s, h.reshape(-1)) for s, h in zip(steps, products, strict=True)) / self._graph_scale
+        ratio = float((curvature + sum(decay)) / sum(slopes))
+        cut = self._safeguard.observe(ratio, self._schedule.optimize_steps + 1)
+        if cut < 1.0:
+            self._event("cut", f"step ratio {ratio:.3g} > {LIMIT}: step sizes cut by {cut:.3g}")
+            for index, (group, inner_group) in enumerate(zip(self.param_groups, inner.param_groups, strict=True)):
+                if group["adaptive_lr"] and lrs[index] is not None:
+                    inner_group["lr"] = self._effective_lr(index)
 
     @staticmethod
     def _precondition_gradients(entries: list[tuple[Tensor, Tensor | None, Tensor | None]],
@@ -661,7 +724,17 @@ class Preconditioner(Optimizer):
             elif group["step_size"] is None:
                 return None
             else:
-                lr = group["step_size"] * group["lr"]
+                step = self._estimated_step(index)
+                assert step is not None
+                lr = step * group["lr"]
         else:
             lr = group["lr"]
         return lr * self._gains[index] if self.config.step_rule == "paper" else lr
+
+    def _estimated_step(self, index: int) -> float | None:
+        """Group ``index``'s estimated step size as used (times the safeguard's factor), None if it has none."""
+        group = self.param_groups[index]
+        if not group["adaptive_lr"] or group["step_size"] is None:
+            return None
+        factor = self._safeguard.factors[index] if self.config.safeguard else 1.0
+        return group["step_size"] * factor

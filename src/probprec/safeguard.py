@@ -1,0 +1,118 @@
+r"""The step-size safeguard: the update is checked against the curvature it meets, trust-region style.
+
+Between estimates the optimizer updates :math:`\theta \leftarrow \theta - \Delta` with
+:math:`\Delta = \eta\, P G`, where :math:`G = g + \text{wd}\,\theta` is the minibatch gradient of the
+objective and :math:`\eta` the effective learning rate. Along :math:`\Delta` the quadratic model of the
+minibatch loss is
+
+.. math::
+
+    f(\theta - t\Delta) \approx f(\theta) - t\, G^\top \Delta + \tfrac12 t^2\, \Delta^\top B \Delta ,
+
+minimised at :math:`t^\ast = 1/r` with the *step ratio* :math:`r = \Delta^\top B \Delta / G^\top \Delta`. The
+full step (:math:`t = 1`) decreases the model only if :math:`r < 2`, and overshoots its minimum if
+:math:`r > 1`. The estimate sets :math:`\eta` from the curvature along the gradients it observed at the
+start of the cycle; the landscape changes as the parameters move (a ReLU network that starts to learn,
+a curved valley), and directions of higher curvature than observed are not rescaled. So at *check steps*
+the optimizer asks the loop for the graph (:attr:`~probprec.Preconditioner.create_graph`), measures
+:math:`\Delta^\top B \Delta` with one Hessian-vector product on that minibatch, and when :math:`r` exceeds
+:data:`LIMIT` it cuts the cycle's step sizes by :math:`\text{TARGET}/r` (with :data:`TARGET` = 1: the
+minimiser of the model along :math:`\Delta`), before the step is taken.
+
+The checks are the first update after an estimate and then come at doubling intervals (1, 2, 4, ...
+updates, at most :data:`MAX_INTERVAL`), back to every update after a cut: a cautious start and a
+bounded number of extra passes per cycle (about :math:`\log_2` of the cycle's updates). Between cycles,
+a new estimate's step size may grow by at most :data:`GROWTH` over the one last used, and a cycle whose
+prior failed (negative or no curvature along the gradients) halves it (:data:`FAILED`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["FAILED", "GROWTH", "LIMIT", "MAX_INTERVAL", "TARGET", "Safeguard"]
+
+LIMIT = 1.5
+"""A check cuts the step size when the step ratio exceeds this."""
+TARGET = 1.0
+"""...to this step ratio: the minimiser of the quadratic model along the update."""
+GROWTH = 2.0
+"""A new estimate's step size is at most this times the one last used."""
+FAILED = 0.5
+"""A cycle whose prior gave no usable step size steps with this times the one last used."""
+MAX_INTERVAL = 128
+"""The longest interval between two checks, in updates."""
+
+
+@dataclass
+class Safeguard:
+    """Per group, the factor on the estimated step size, and when the next check happens."""
+
+    factors: list[float] = field(default_factory=list)
+    """Per group: the estimated step size times this is the step size used (at most 1 after a cut)."""
+    last: list[float | None] = field(default_factory=list)
+    """Per group: the step size last used (estimate times factor), or None before the first."""
+    next_check: int = 1
+    """The update (counted from the last estimate) that checks."""
+    interval: int = 1
+    checks: int = 0
+    cuts: int = 0
+
+    def add_group(self) -> None:
+        """A parameter group was added."""
+        self.factors.append(1.0)
+        self.last.append(None)
+
+    def remove_groups(self, first: int) -> None:
+        """Forget the groups from ``first`` on (an ``add_param_group`` that failed)."""
+        del self.factors[first:], self.last[first:]
+
+    def new_estimate(self, index: int, step_size: float | None, failed: bool) -> None:
+        """A new estimate of group ``index``'s step size: bound its growth over the one last used."""
+        last = self.last[index]
+        if step_size is None or last is None or not step_size > 0:
+            self.factors[index] = 1.0
+        elif failed:
+            self.factors[index] = min(1.0, FAILED * last / step_size)
+        else:
+            self.factors[index] = min(1.0, GROWTH * last / step_size)
+
+    def restart(self) -> None:
+        """A new cycle's updates begin: check at once, then at doubling intervals."""
+        self.next_check, self.interval = 1, 1
+
+    def check_due(self, updates: int) -> bool:
+        """Whether update number ``updates`` (1 is the first after the estimate's own) checks."""
+        return updates >= self.next_check
+
+    def observe(self, ratio: float, updates: int) -> float:
+        """Record the step ratio measured at a check; return the factor to apply to every step size (<= 1)."""
+        self.checks += 1
+        cut = 1.0
+        if math.isfinite(ratio) and ratio > LIMIT:
+            cut = TARGET / ratio
+            self.factors = [f * cut for f in self.factors]
+            self.cuts += 1
+            self.interval = 1
+        else:
+            self.interval = min(2 * self.interval, MAX_INTERVAL)
+        self.next_check = updates + self.interval
+        return cut
+
+    def used(self, index: int, step_size: float | None) -> None:
+        """Group ``index`` stepped with ``step_size`` (estimate times factor)."""
+        if step_size is not None:
+            self.last[index] = step_size
+
+    def as_state(self) -> dict[str, Any]:
+        """Plain values for a state dict."""
+        return {"factors": list(self.factors), "last": list(self.last), "next_check": self.next_check,
+                "interval": self.interval, "checks": self.checks, "cuts": self.cuts}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Safeguard:
+        """Read :meth:`as_state`."""
+        return cls([float(f) for f in state["factors"]], [None if v is None else float(v) for v in state["last"]],
+                   int(state["next_check"]), int(state["interval"]), int(state["checks"]), int(state["cuts"]))

@@ -1,0 +1,135 @@
+"""The step-size safeguard (probprec.safeguard) on quadratics whose curvature is known at every step."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from probprec import AdaptiveSGD, PreconditionedSGD
+from probprec.safeguard import GROWTH, LIMIT, MAX_INTERVAL
+
+warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+
+P, K = 2, 2  # a cycle: P + K - 1 = 3 minibatches, the last one also the first update
+WEIGHTS = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64)
+
+
+class Quadratic:
+    """loss = c/2 sum_i w_i theta_i^2 with a curvature scale c the test sets at every step."""
+
+    def __init__(self, scale=1.0):
+        self.theta = nn.Parameter(torch.ones(5, dtype=torch.float64))
+        self.scale = scale
+
+    def loss(self):
+        return 0.5 * self.scale * (WEIGHTS * self.theta**2).sum()
+
+
+def train(opt, problem, steps, scales=None):
+    """Steps of the documented loop; ``scales[t]`` sets the curvature before step t. Returns the |theta|s."""
+    norms = []
+    for t in range(steps):
+        if scales is not None and t in scales:
+            problem.scale = scales[t]
+        opt.zero_grad()
+        problem.loss().backward(create_graph=opt.create_graph)
+        opt.step()
+        norms.append(float(problem.theta.norm()))
+    return norms
+
+
+def cuts(opt):
+    return [e for e in opt.get_log()["events"] if e["kind"] == "cut"]
+
+
+def test_a_curvature_jump_is_cut_at_the_next_check():
+    problem = Quadratic()
+    opt = AdaptiveSGD([problem.theta], prior_iterations=P, num_observations=K, est_rank=1)
+    train(opt, problem, P + K)  # the estimate (curvature ~ 1-5), then one checked update
+    assert cuts(opt) == [], "nothing to cut on the quadratic the estimate measured"
+    lr_before = opt.get_log()["learning_rates"][0]
+    theta = problem.theta.detach().clone()
+    # the curvature jumps tenfold: lr * 50 > 2 along the stiffest direction; the next check (interval 2) cuts
+    norms = train(opt, problem, 6, scales={0: 10.0})
+    events = cuts(opt)
+    assert len(events) >= 1
+    lr_after = opt.get_log()["learning_rates"][0]
+    assert lr_after < lr_before / 5
+    # after the cut the step is the minimiser of the model along it: every later update decreases |theta|
+    assert norms[-1] < norms[-2] < float(theta.norm()) * 10
+    assert all(math.isfinite(n) for n in norms)
+
+
+def test_without_the_safeguard_the_same_jump_diverges():
+    problem = Quadratic()
+    opt = AdaptiveSGD([problem.theta], prior_iterations=P, num_observations=K, est_rank=1, safeguard=False)
+    train(opt, problem, P + K)
+    norms = train(opt, problem, 6, scales={0: 10.0})
+    assert norms[-1] > 100 * norms[0]
+
+
+def test_a_stationary_quadratic_is_never_cut_and_checked_at_doubling_intervals():
+    problem = Quadratic()
+    opt = PreconditionedSGD([problem.theta], prior_iterations=P, num_observations=K, est_rank=1)
+    updates = 300
+    train(opt, problem, P + K - 1 + updates)
+    assert cuts(opt) == []
+    checks = opt.state_dict()["probprec"]["safeguard"]["checks"]
+    # checks at updates 2, 4, 8, ..., 128, then every MAX_INTERVAL: a logarithmic count
+    expected = len([u for u in (2, 4, 8, 16, 32, 64, 128, 256) if u <= updates])
+    assert checks == expected, checks
+    assert MAX_INTERVAL == 128
+
+
+def test_the_step_ratio_of_a_cut_step_is_the_target():
+    """A cut at ratio r multiplies the step sizes by 1/r: the model's minimiser along the step."""
+    problem = Quadratic()
+    opt = AdaptiveSGD([problem.theta], prior_iterations=P, num_observations=K, est_rank=1)
+    train(opt, problem, P + K)  # update 2 was checked; the next check is update 4
+    lr = opt.get_log()["learning_rates"][0]
+    problem.scale = 10.0
+    train(opt, problem, 1)  # update 3: not checked
+    assert cuts(opt) == []
+    g = problem.scale * WEIGHTS * problem.theta.detach()  # the gradient of update 4
+    ratio = float(lr * (g * problem.scale * WEIGHTS * g).sum() / (g * g).sum())  # (eta g)' H (eta g) / g' (eta g)
+    assert ratio > LIMIT
+    train(opt, problem, 1)  # update 4: checked and cut
+    assert len(cuts(opt)) == 1
+    assert opt.get_log()["learning_rates"][0] == pytest.approx(lr / ratio, rel=1e-9)
+
+
+def test_a_new_estimate_grows_at_most_by_the_growth_factor():
+    problem = Quadratic(scale=100.0)
+    opt = AdaptiveSGD([problem.theta], prior_iterations=P, num_observations=K, est_rank=1)
+    train(opt, problem, P + K + 2)
+    first = opt.get_log()["learning_rates"][0]
+    problem.scale = 0.01  # 10,000 times flatter: the next estimate is 10,000 times larger
+    opt.start_estimate()
+    train(opt, problem, P + K - 1)
+    log = opt.get_log()
+    assert log["step_sizes"][0] > 100 * first  # the estimate of the flat quadratic
+    assert log["learning_rates"][0] == pytest.approx(GROWTH * first, rel=1e-9)
+
+
+def test_a_failed_prior_halves_the_step_size():
+    problem = Quadratic()
+    opt = AdaptiveSGD([problem.theta], prior_iterations=P, num_observations=K, est_rank=1)
+    train(opt, problem, P + K + 2)
+    first = opt.get_log()["learning_rates"][0]
+    problem.scale = -1.0  # concave: the estimate is negative and falls back
+    opt.start_estimate()
+    train(opt, problem, P)
+    log = opt.get_log()
+    assert any(e["kind"] == "fallback" for e in log["events"])
+    assert log["learning_rates"][0] == pytest.approx(0.5 * first, rel=1e-9)
+
+
+def test_the_safeguard_is_off_in_thesis_mode_and_can_be_turned_off():
+    theta = nn.Parameter(torch.ones(3))
+    assert PreconditionedSGD([theta]).config.safeguard is True
+    assert PreconditionedSGD([theta], mode="thesis").config.safeguard is False
+    assert PreconditionedSGD([theta], safeguard=False).config.safeguard is False

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import classification_batches, mlp
+from probprec._checkpoint import FORMAT_0_BEHAVIOUR
 
 FIXTURES = Path(__file__).parent / "fixtures" / "state_dicts"
 sys.path.insert(0, str(FIXTURES))
@@ -29,7 +30,7 @@ def test_a_format_0_state_dict_continues_bit_identically(name, phase):
     if opt.config.mode == "default":  # format 0 knew no safeguard: with it on, the state dict is refused
         with pytest.raises(ValueError, match="safeguard=False"):
             opt.load_state_dict(saved["optimizer"])
-        opt = CONFIGS[name](model, safeguard=False)  # the behaviour that wrote it
+        opt = CONFIGS[name](model, **FORMAT_0_BEHAVIOUR)  # the behaviour that wrote it
     opt.load_state_dict(saved["optimizer"])
     assert opt.phase == saved["phase"]
     train(model, opt, classification_batches(STEPS, seed=2), saved["step"], STEPS)

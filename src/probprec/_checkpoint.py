@@ -12,7 +12,8 @@ Format 1 (this release)::
 
 Format 0 (the releases before the estimator was its own object) kept the cycle's buffers in the
 per-parameter state and the phase machine in ``"probprec"`` without a version, and knew no safeguard;
-:func:`upgrade` turns it into format 1 with the safeguard off (the behaviour that wrote it). A state dict
+:func:`upgrade` turns it into format 1 with the options added since off (:data:`FORMAT_0_BEHAVIOUR`: the
+behaviour that wrote it). A state dict
 of an unknown (newer) version is refused. :func:`check_state_dict` runs before ``load_state_dict``
 changes anything, so a state dict from another model (other shapes), another configuration
 (``num_observations``, the inner optimizer's class, the mode, the safeguard, ...) or a damaged file is
@@ -36,6 +37,8 @@ _ESTIMATE_KEYS = ("eigvecs", "eigvals", "factors")
 _ROW_KEYS = ("directions", "observations")
 _SCHEDULE_INTS = ("cycle", "optimize_steps", "failures", "cycles_completed")
 _PRIOR_KEYS = ("step_size", "mean", "width", "noise", "noise_measured")
+FORMAT_0_BEHAVIOUR = {"safeguard": False, "keep_moving": False}
+"""The options added since format 0, at the values that reproduce the code that wrote it."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ def _from_format_0(sd: Mapping[str, Any]) -> dict[str, Any]:
     probprec = {"version": VERSION, "schedule": schedule, "safeguard": safeguard, "log": new_log,
                 "gains": [gs.get("gain", 1.0) for gs in groups], "estimator": estimator}
     if "config" in extra:
-        probprec["config"] = {**extra["config"], "safeguard": False}
+        probprec["config"] = {**extra["config"], **FORMAT_0_BEHAVIOUR}
     if "shapes" in extra:
         probprec["shapes"] = extra["shapes"]
     return {**sd, "state": state, "probprec": probprec}

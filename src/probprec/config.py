@@ -41,6 +41,8 @@ class Config:
     mode: str = "default"
     safeguard: bool = True
     """Check updates against the curvature they meet (:mod:`probprec.safeguard`)."""
+    keep_moving: bool = True
+    """Update during a cycle's estimation with the previous estimate (from the second cycle on)."""
     quirks: frozenset[str] = frozenset()
     """The 2019 quirks left on (thesis mode); empty in the default mode."""
 
@@ -66,8 +68,9 @@ class Config:
             )
         restart = options.get("restart_interval", cls.restart_interval)
         mode = check_choice("mode", options.get("mode", cls.mode), MODES)
-        safeguard = options.get("safeguard")  # None: on in the default mode, off in the 2019 class's
-        safeguard = mode == "default" if safeguard is None else bool(safeguard)
+        # the new mechanisms: None is on in the default mode, off in the 2019 class's
+        safeguard, keep_moving = (mode == "default" if options.get(key) is None else bool(options[key])
+                                  for key in ("safeguard", "keep_moving"))
         return cls(
             est_rank=est_rank,
             num_observations=num_observations,
@@ -83,6 +86,7 @@ class Config:
             apply_preconditioner=apply,
             mode=mode,
             safeguard=safeguard,
+            keep_moving=keep_moving,
             quirks=_quirks(mode, fixes),
         )
 
@@ -104,7 +108,8 @@ class Config:
                 "fixes": list(self.fixes), "step_rule": self.step_rule, "extraction": self.extraction,
                 "observe": self.observe, "orthogonalize": self.orthogonalize,
                 "build_preconditioner": self.build_preconditioner,
-                "apply_preconditioner": self.apply_preconditioner, "safeguard": self.safeguard}
+                "apply_preconditioner": self.apply_preconditioner, "safeguard": self.safeguard,
+                "keep_moving": self.keep_moving}
 
 
 def _quirks(mode: str, fixes: Any) -> frozenset[str]:

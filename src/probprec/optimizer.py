@@ -126,6 +126,12 @@ class Preconditioner(Optimizer):
             (:mod:`probprec.arithmetic`, :mod:`probprec.thesis`).
         fixes: in thesis mode, the names of the fixes to apply (``"all"``: the
             default mode's arithmetic); None or ``()`` for none.
+        safeguard: check updates against the curvature they meet and cut the step
+            size when it overshoots; bound its growth between cycles
+            (:mod:`probprec.safeguard`). None (default): on, except in thesis mode.
+        keep_moving: from the second cycle on, keep updating with the previous
+            estimate while a cycle gathers the next one (no idle minibatches).
+            None (default): on, except in thesis mode.
         inner_weight_decay: the inner optimizer's own weight decay (e.g. AdamW's
             decoupled decay), ``>= 0``; 0 unless given, whatever the inner class's default.
         **optim_hyperparams: further hyperparameters of the inner optimizer
@@ -163,6 +169,7 @@ class Preconditioner(Optimizer):
         mode: str = "default",
         fixes: str | Iterable[str] | None = (),
         safeguard: bool | None = None,
+        keep_moving: bool | None = None,
         first_cycle_lr: float | None = None,
         inner_weight_decay: float = 0.0,
         **optim_hyperparams: Any,
@@ -172,7 +179,7 @@ class Preconditioner(Optimizer):
             prior_iterations=prior_iterations, step_rule=step_rule, beta=beta, extraction=extraction,
             observe=observe, orthogonalize=orthogonalize, noise_floor=noise_floor,
             restart_interval=restart_interval, build_preconditioner=build_preconditioner,
-            apply_preconditioner=apply_preconditioner, mode=mode, safeguard=safeguard)
+            apply_preconditioner=apply_preconditioner, mode=mode, safeguard=safeguard, keep_moving=keep_moving)
         defaults = own_defaults(weight_decay, inner_weight_decay, lr, first_cycle_lr)
         self.optim_class = check_inner_class(optim_class, Preconditioner)
         for reserved in RESERVED_KEYS:
@@ -256,9 +263,9 @@ class Preconditioner(Optimizer):
     def start_estimate(self) -> None:
         """Start a new cycle: gather a fresh prior and posterior at the current parameters.
 
-        The previous preconditioner is discarded; the step size of the previous
-        cycle is kept only as a fallback. The parameters do not move until the
-        cycle's estimate is complete.
+        With ``keep_moving`` the parameters keep moving with the previous estimate
+        until the new one is complete; without it they are held, and the previous
+        preconditioner is discarded (its step size is kept as a fallback).
 
         A request that arrives while a cycle is still estimating (an epoch shorter than the
         ``P + K - 1`` minibatches of a cycle, say) is already satisfied: the parameters have not
@@ -319,7 +326,8 @@ class Preconditioner(Optimizer):
         Each entry is ``(eigvals, eigvecs)`` with ``eigvals`` of shape ``(k',)``
         (decreasing) and ``eigvecs`` of shape ``(k', *p.shape)`` (orthonormal when
         flattened), or None where the preconditioner holds no estimate (before
-        the first one, while estimating, or when it is not applied).
+        the first one, while estimating without ``keep_moving``, or when it is not
+        applied).
         """
         out: list[tuple[Tensor, Tensor] | None] = []
         for p in self._all_params():
@@ -497,6 +505,9 @@ class Preconditioner(Optimizer):
             self._estimator, self._log.hvp_count, self._products = backup, hvp_count, []
             raise
         self._act_on(outcome)
+        moving = self.config.keep_moving and self._schedule.cycles_completed > 0
+        if moving and outcome.restart is None and outcome.estimate is None:
+            self._optimize_no_grad()  # with the previous estimate, while this cycle gathers the next one
 
     def _hvp(self, params: list[Tensor], vectors: list[Tensor]) -> list[Tensor]:
         """Hessian-vector products of this minibatch, in the units of the unscaled loss."""
@@ -536,6 +547,7 @@ class Preconditioner(Optimizer):
         """Make the cycle's estimate the preconditioner, and take the first update with it."""
         for event in estimate.events:
             self._event(event.kind, event.message, event.group)
+        self._discard_estimate()
         params = self._all_params()
         for index, tensor in estimate.tensors.items():
             if tensor.eigvecs is not None:
@@ -553,15 +565,20 @@ class Preconditioner(Optimizer):
         self._optimize_no_grad()
 
     def _begin_cycle(self) -> None:
-        """Discard the preconditioner and start gathering a new estimate."""
+        """Start gathering a new estimate (the preconditioner is kept only to keep moving with it)."""
+        if not self.config.keep_moving:
+            self._discard_estimate()
+        self._estimator = CycleEstimator(self.config, self.arithmetic, [g["params"] for g in self.param_groups])
+        self._plan = None
+        self._schedule.begin()
+
+    def _discard_estimate(self) -> None:
         for p in self._all_params():
             state = self.state.get(p)
             for key in _ESTIMATE_KEYS:
                 if state:
                     state.pop(key, None)
-        self._estimator = CycleEstimator(self.config, self.arithmetic, [g["params"] for g in self.param_groups])
         self._plan = None
-        self._schedule.begin()
 
     def _restart_after(self, reason: str) -> None:
         """Restart the failed cycle, or begin the back-off (:mod:`probprec.schedule`) and warn once."""

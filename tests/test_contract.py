@@ -354,7 +354,7 @@ def test_any_torch_optimizer_can_be_inner(inner):
 @pytest.mark.parametrize("safeguard", [False, True])
 def test_create_graph_property_follows_the_phase(safeguard):
     model = mlp()
-    opt = OnlyAdaptiveSGD(model.parameters(), safeguard=safeguard, **KW)
+    opt = OnlyAdaptiveSGD(model.parameters(), safeguard=safeguard, adaptive_restarts=safeguard, **KW)
     flags = []
     for x, y in classification_batches(P + 4):
         flags.append(opt.create_graph)

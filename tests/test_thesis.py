@@ -397,8 +397,9 @@ def train_mlp(steps=40, wd=0.01, **kwargs):
 
 @pytest.mark.parametrize("new", [False, True])  # mechanisms the 2019 class had not: off by default in thesis mode
 def test_every_fix_on_is_the_default_mode(new):
-    default, logs_d, grads_d, _ = train_mlp(safeguard=new, keep_moving=new)
-    thesis, logs_t, grads_t, opt = train_mlp(mode="thesis", fixes="all", safeguard=new, keep_moving=new)
+    new_mechanisms = dict(safeguard=new, keep_moving=new, adaptive_restarts=new)
+    default, logs_d, grads_d, _ = train_mlp(**new_mechanisms)
+    thesis, logs_t, grads_t, opt = train_mlp(mode="thesis", fixes="all", **new_mechanisms)
     assert opt.config.fixes == tuple(sorted(FIXES))
     for a, b in zip(default, thesis, strict=True):
         assert torch.equal(a, b)

@@ -43,6 +43,8 @@ class Config:
     """Check updates against the curvature they meet (:mod:`probprec.safeguard`)."""
     keep_moving: bool = True
     """Update during a cycle's estimation with the previous estimate (from the second cycle on)."""
+    adaptive_restarts: bool = True
+    """Start a new cycle when the estimate is stale (:mod:`probprec.schedule`)."""
     quirks: frozenset[str] = frozenset()
     """The 2019 quirks left on (thesis mode); empty in the default mode."""
 
@@ -69,8 +71,9 @@ class Config:
         restart = options.get("restart_interval", cls.restart_interval)
         mode = check_choice("mode", options.get("mode", cls.mode), MODES)
         # the new mechanisms: None is on in the default mode, off in the 2019 class's
-        safeguard, keep_moving = (mode == "default" if options.get(key) is None else bool(options[key])
-                                  for key in ("safeguard", "keep_moving"))
+        safeguard, keep_moving, adaptive_restarts = (
+            mode == "default" if options.get(key) is None else bool(options[key])
+            for key in ("safeguard", "keep_moving", "adaptive_restarts"))
         return cls(
             est_rank=est_rank,
             num_observations=num_observations,
@@ -87,6 +90,7 @@ class Config:
             mode=mode,
             safeguard=safeguard,
             keep_moving=keep_moving,
+            adaptive_restarts=adaptive_restarts,
             quirks=_quirks(mode, fixes),
         )
 
@@ -109,7 +113,7 @@ class Config:
                 "observe": self.observe, "orthogonalize": self.orthogonalize,
                 "build_preconditioner": self.build_preconditioner,
                 "apply_preconditioner": self.apply_preconditioner, "safeguard": self.safeguard,
-                "keep_moving": self.keep_moving}
+                "keep_moving": self.keep_moving, "adaptive_restarts": self.adaptive_restarts}
 
 
 def _quirks(mode: str, fixes: Any) -> frozenset[str]:

@@ -33,6 +33,7 @@ def hessian_vector_product(
     params: Sequence[Tensor],
     grads: Sequence[Tensor | None],
     vectors: Sequence[Tensor],
+    retain_graph: bool = False,
 ) -> list[Tensor]:
     """Return :math:`H v` for the Hessian of the loss whose gradient graph is ``grads``.
 
@@ -43,11 +44,12 @@ def hessian_vector_product(
             curvature: their Hessian rows are zero.
         vectors: one vector per parameter, same shapes; the full vector
             :math:`v` is their concatenation.
+        retain_graph: keep the graph for another product (default: release it).
 
     Returns:
         One tensor per parameter: the corresponding block of :math:`H v`
         (which includes the cross-terms :math:`H_{pq} v_q` of other tensors).
-        The graph is released.
+        The graph is released unless ``retain_graph``.
 
     Raises:
         RuntimeError: if no gradient carries a graph.
@@ -68,7 +70,7 @@ def hessian_vector_product(
         )
     grad_outputs = [v for g, v in zip(grads, vectors, strict=True) if has_graph(g)]
     products = torch.autograd.grad(
-        outputs, list(params), grad_outputs=grad_outputs, allow_unused=True
+        outputs, list(params), grad_outputs=grad_outputs, allow_unused=True, retain_graph=retain_graph
     )
     return [
         torch.zeros_like(p) if hv is None else hv.detach()

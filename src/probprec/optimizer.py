@@ -29,7 +29,7 @@ from .hvp import has_graph, hessian_vector_product
 from .log import OptimizerLog
 from .precondition import precondition
 from .safeguard import LIMIT, Safeguard
-from .schedule import CycleSchedule
+from .schedule import MAX_AGE, CycleSchedule, is_stale
 
 __all__ = ["Preconditioner"]
 
@@ -170,6 +170,7 @@ class Preconditioner(Optimizer):
         fixes: str | Iterable[str] | None = (),
         safeguard: bool | None = None,
         keep_moving: bool | None = None,
+        adaptive_restarts: bool | None = None,
         first_cycle_lr: float | None = None,
         inner_weight_decay: float = 0.0,
         **optim_hyperparams: Any,
@@ -179,7 +180,8 @@ class Preconditioner(Optimizer):
             prior_iterations=prior_iterations, step_rule=step_rule, beta=beta, extraction=extraction,
             observe=observe, orthogonalize=orthogonalize, noise_floor=noise_floor,
             restart_interval=restart_interval, build_preconditioner=build_preconditioner,
-            apply_preconditioner=apply_preconditioner, mode=mode, safeguard=safeguard, keep_moving=keep_moving)
+            apply_preconditioner=apply_preconditioner, mode=mode, safeguard=safeguard, keep_moving=keep_moving,
+            adaptive_restarts=adaptive_restarts)
         defaults = own_defaults(weight_decay, inner_weight_decay, lr, first_cycle_lr)
         self.optim_class = check_inner_class(optim_class, Preconditioner)
         for reserved in RESERVED_KEYS:
@@ -200,6 +202,7 @@ class Preconditioner(Optimizer):
         self._safeguard = Safeguard()
         self._gains: list[float] = []
         self._warned: set[str] = set()
+        self._stale: str | None = None  # during an update: why the estimate is stale (a restart follows)
         self._products: list[tuple[Tensor, Tensor]] = []
         super().__init__(groups, {**defaults, **inner_defaults})
         check_memory(self._all_params(), self.config.num_observations, self.config.est_rank)
@@ -250,8 +253,9 @@ class Preconditioner(Optimizer):
         return self._check_due()
 
     def _check_due(self) -> bool:
-        """Whether the next update checks its step (:mod:`probprec.safeguard`)."""
-        if not self.config.safeguard or self._schedule.cycles_completed == 0:
+        """Whether the next update checks its step (:mod:`probprec.safeguard`, :mod:`probprec.schedule`)."""
+        checking = self.config.safeguard or self.config.adaptive_restarts
+        if not checking or self._schedule.cycles_completed == 0:
             return False
         return self._safeguard.check_due(self._schedule.optimize_steps + 1)
 
@@ -409,7 +413,7 @@ class Preconditioner(Optimizer):
         extra, inner = state_dict.pop("probprec"), state_dict.pop("inner")
         super().load_state_dict(state_dict)
         self._plan = None
-        self._schedule = CycleSchedule(**extra["schedule"])
+        self._schedule = CycleSchedule.from_state(extra["schedule"])
         self._safeguard = Safeguard.from_state(extra["safeguard"])
         self._log = OptimizerLog.from_state(extra["log"])
         self._gains = [float(g) for g in extra["gains"]]
@@ -557,12 +561,26 @@ class Preconditioner(Optimizer):
         for i, gain in estimate.gains.items():
             self._gains[i] = gain
         self._schedule.complete()
+        self._schedule.tracked = self._tracked_choice(estimate)
         self._safeguard.restart()
         self._plan = None
         assert self._inner is not None
         self.arithmetic.after_cycle(self._inner)
         self._estimator = None
         self._optimize_no_grad()
+
+    def _tracked_choice(self, estimate: Estimate) -> tuple[int, float | None, float] | None:
+        """The direction adaptive restarts watch: the top one, most curved relative to its group's prior."""
+        best: tuple[float, int, float, float] | None = None
+        group_of = [i for i, g in enumerate(self.param_groups) for _ in g["params"]]
+        for index, tensor in estimate.tensors.items():
+            prior = self._log.priors[group_of[index]]
+            if tensor.eigvecs is None or not tensor.eigenvalues or prior is None:
+                continue
+            score = tensor.eigenvalues[0] / prior.mean
+            if best is None or score > best[0]:
+                best = (score, index, tensor.eigenvalues[0], prior.noise)
+        return None if best is None else (best[1], None, best[3])
 
     def _begin_cycle(self) -> None:
         """Start gathering a new estimate (the preconditioner is kept only to keep moving with it)."""
@@ -571,6 +589,15 @@ class Preconditioner(Optimizer):
         self._estimator = CycleEstimator(self.config, self.arithmetic, [g["params"] for g in self.param_groups])
         self._plan = None
         self._schedule.begin()
+
+    def _restart_if_stale(self) -> None:
+        """With adaptive restarts: begin a new cycle when a check found the estimate stale, or it is old."""
+        reason, self._stale = self._stale, None
+        if reason is None and self._schedule.optimize_steps >= MAX_AGE:
+            reason = f"{MAX_AGE} updates since the last estimate"
+        if reason is not None:
+            self._begin_cycle()
+            self._event("restart", f"stale estimate: {reason}")
 
     def _discard_estimate(self) -> None:
         for p in self._all_params():
@@ -645,6 +672,8 @@ class Preconditioner(Optimizer):
             self._safeguard.used(index, self._estimated_step(index))
         if self._schedule.update():
             self._begin_cycle()  # the wait after repeated failures is over: try again
+        elif self._estimator is None and self.config.adaptive_restarts:
+            self._restart_if_stale()
 
     def _prepare_update(self, inner: Optimizer, swapped: list[tuple[Tensor, Tensor | None]]) -> list[float | None]:
         """Set each inner group's rate and hyperparameters and precondition its gradients; return the rates."""
@@ -670,7 +699,26 @@ class Preconditioner(Optimizer):
         return lrs
 
     def _check_update(self, inner: Optimizer, lrs: list[float | None], originals: dict[Tensor, Tensor | None]) -> None:
-        r"""Measure the step ratio :math:`r = \Delta^\top B \Delta / G^\top \Delta`; cut the step sizes if too large."""
+        """A check step: cut the step sizes if the update overshoots; note if the estimate is stale."""
+        tracked = self._schedule.tracked if self.config.adaptive_restarts else None
+        ratio = self._step_ratio(lrs, originals, retain_graph=tracked is not None)
+        cut = self._safeguard.observe(ratio, self._schedule.optimize_steps + 1, cut_allowed=self.config.safeguard)
+        if cut < 1.0:
+            self._event("cut", f"step ratio {ratio:.3g} > {LIMIT}: step sizes cut by {cut:.3g}")
+            for index, (group, inner_group) in enumerate(zip(self.param_groups, inner.param_groups, strict=True)):
+                if group["adaptive_lr"] and lrs[index] is not None:
+                    inner_group["lr"] = self._effective_lr(index)
+        if tracked is not None:
+            index, reference, noise = tracked
+            observed = self._tracked_curvature(index, originals)
+            if observed is not None and reference is None:
+                self._schedule.tracked = (index, observed, noise)  # the first check gives the reference
+            elif observed is not None and reference is not None and is_stale(observed, reference, noise):
+                self._stale = f"the curvature along the tracked direction is {observed:.3g}, was {reference:.3g}"
+
+    def _step_ratio(self, lrs: list[float | None], originals: dict[Tensor, Tensor | None],
+                    retain_graph: bool) -> float | None:
+        r"""The step ratio :math:`r = \Delta^\top B \Delta / G^\top \Delta` of this update (one product)."""
         params, grads, steps, slopes, decay = [], [], [], [], []
         for group, lr in zip(self.param_groups, lrs, strict=True):
             if lr is None or not group["adaptive_lr"]:
@@ -687,17 +735,25 @@ class Preconditioner(Optimizer):
                 slopes.append(dot(objective, step))
                 decay.append(group["weight_decay"] * dot(step, step))
         if not params:
-            return
-        products = hessian_vector_product(params, grads, [s.view_as(p) for s, p in zip(steps, params, strict=True)])
+            return None
+        vectors = [s.view_as(p) for s, p in zip(steps, params, strict=True)]
+        products = hessian_vector_product(params, grads, vectors, retain_graph=retain_graph)
         self._log.hvp_count += 1
         curvature = sum(dot(s, h.reshape(-1)) for s, h in zip(steps, products, strict=True)) / self._graph_scale
-        ratio = float((curvature + sum(decay)) / sum(slopes))
-        cut = self._safeguard.observe(ratio, self._schedule.optimize_steps + 1)
-        if cut < 1.0:
-            self._event("cut", f"step ratio {ratio:.3g} > {LIMIT}: step sizes cut by {cut:.3g}")
-            for index, (group, inner_group) in enumerate(zip(self.param_groups, inner.param_groups, strict=True)):
-                if group["adaptive_lr"] and lrs[index] is not None:
-                    inner_group["lr"] = self._effective_lr(index)
+        return float((curvature + sum(decay)) / sum(slopes))
+
+    def _tracked_curvature(self, index: int, originals: dict[Tensor, Tensor | None]) -> float | None:
+        r"""The minibatch curvature :math:`u^\top \tilde B u` along the tracked direction (one product)."""
+        p = self._all_params()[index]
+        graph = originals.get(p, p.grad)
+        U = self.state.get(p, {}).get("eigvecs")
+        if graph is None or not has_graph(graph) or U is None:
+            return None
+        u = U[0]
+        (product,) = hessian_vector_product([p], [graph], [u.view_as(p)])
+        self._log.hvp_count += 1
+        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+        return float(dot(u, product.reshape(-1)) / self._graph_scale) + group["weight_decay"]
 
     @staticmethod
     def _precondition_gradients(entries: list[tuple[Tensor, Tensor | None, Tensor | None]],

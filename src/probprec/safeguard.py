@@ -87,11 +87,15 @@ class Safeguard:
         """Whether update number ``updates`` (1 is the first after the estimate's own) checks."""
         return updates >= self.next_check
 
-    def observe(self, ratio: float, updates: int) -> float:
-        """Record the step ratio measured at a check; return the factor to apply to every step size (<= 1)."""
+    def observe(self, ratio: float | None, updates: int, cut_allowed: bool = True) -> float:
+        """Record the step ratio measured at a check; return the factor to apply to every step size (<= 1).
+
+        Without ``cut_allowed`` (the safeguard is off, the check serves adaptive restarts) only the
+        schedule of the checks advances.
+        """
         self.checks += 1
         cut = 1.0
-        if math.isfinite(ratio) and ratio > LIMIT:
+        if cut_allowed and ratio is not None and math.isfinite(ratio) and ratio > LIMIT:
             cut = TARGET / ratio
             self.factors = [f * cut for f in self.factors]
             self.cuts += 1

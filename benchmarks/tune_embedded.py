@@ -15,7 +15,7 @@ import argparse
 import math
 import tempfile
 
-from probprec.bench.problems import EMBEDDED, get_problem
+from probprec.bench.problems import EMBEDDED, FAMILY, get_problem
 from probprec.bench.runner import RunConfig, run
 
 GRID = [10 ** (e / 2) for e in range(-8, 1)]  # 1e-4 ... 1, half-decades
@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     output = args.output_dir or tempfile.mkdtemp(prefix="probprec-tuning-")
     best: dict[str, dict[str, float]] = {name: {} for name in args.optimizers}
-    for problem in EMBEDDED:
+    for problem in [p for p in EMBEDDED if p not in FAMILY]:  # the robustness family is tuned by lr_free
         metric = get_problem(problem).metric
         for optimizer in args.optimizers:
             scores = {}

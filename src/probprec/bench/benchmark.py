@@ -1,6 +1,7 @@
 """The main job: the embedded benchmark, its summary table and its plots.
 
-Every problem that needs no download, four optimizers (PreconditionedSGD,
+Every problem that needs no download but the robustness family (which the
+contest, ``probprec experiment lr_free``, runs), four optimizers (PreconditionedSGD,
 AdaptiveSGD, SGD, Adam), three seeds; results in DeepOBS's layout under the
 output directory, then the report (:mod:`probprec.bench.analysis`) in
 ``report/``: ``report.html``, ``report.md``, figures and tables. Runs whose
@@ -20,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from .analysis import ReportOptions, write_report
-from .problems import EMBEDDED
+from .problems import EMBEDDED, FAMILY
 from .runner import RunConfig, RunResult, run
 from .threads import threads_per_process, using_threads
 from .wording import counted
@@ -44,7 +45,7 @@ def run_benchmark(
     echo: Callable[[str], None] = print,
 ) -> list[RunResult]:
     """Run the embedded benchmark and write its summary and plots; returns every run's result."""
-    problems = problems or list(EMBEDDED)
+    problems = problems or [p for p in EMBEDDED if p not in FAMILY]
     optimizers = optimizers or list(BENCHMARK_OPTIMIZERS)
     seeds = seeds or list(BENCHMARK_SEEDS)
     output = Path(output_dir)

@@ -4,8 +4,8 @@ Bad input and a hostile environment (an unreadable file, a full disk, a missing 
 exit with status 2 and one line on standard error, before any file is written where
 they can be detected up front: :func:`main` catches :class:`~probprec.bench.errors.UserError`
 and ``OSError`` once, for every command; any other exception is a bug and keeps its
-traceback. ``run`` exits 0 when the run completed, diverged (a result like any
-other) or was skipped, 1 when it failed, and 130 when it was interrupted.
+traceback. ``run`` exits 0 when the run completed, diverged or collapsed (a result like
+any other) or was skipped, 1 when it failed, and 130 when it was interrupted.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .runner import RESTART_POLICIES
 
 __all__ = ["main"]
 
-EXIT_CODES = {"completed": 0, "diverged": 0, "skipped": 0, "failed": 1, "interrupted": 130}
+EXIT_CODES = {"completed": 0, "diverged": 0, "collapsed": 0, "skipped": 0, "failed": 1, "interrupted": 130}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -287,7 +287,7 @@ def _experiment(args: argparse.Namespace) -> int:
 
     result = run_experiment(args.name, args.scale, args.output_dir, args.data_dir, args.device, args.executor,
                             args.workers, args.report_only, slurm=sweep_cli.slurm_options(args))
-    return 0 if result.sweep is None else result.sweep.exit_code
+    return result.exit_code
 
 
 def _runtime(args: argparse.Namespace) -> int:

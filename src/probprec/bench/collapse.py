@@ -1,7 +1,10 @@
 """When a run has collapsed: it learns nothing, stuck at its initial loss or at chance accuracy.
 
-One criterion, used by the analysis to flag runs (and meant for the runner, to stop
-such a run with a ``collapsed`` status). A run has collapsed at epoch ``e`` when, for
+One criterion, used by the analysis to flag runs stuck at any point
+(:func:`detect_collapse`) and by the runner to give a run that *ends* stuck the
+status ``collapsed`` (:func:`ended_collapsed`: a run whose first epochs stay at the
+initial loss while its step size warms up, and which then learns, is not one). A
+run has collapsed at epoch ``e`` when, for
 :attr:`CollapseCriterion.epochs` consecutive evaluations ``e, e+1, ...`` after
 training began (epoch 0, before training, is the reference):
 
@@ -29,7 +32,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_CRITERION", "Collapse", "CollapseCriterion", "detect_collapse"]
+__all__ = ["DEFAULT_CRITERION", "Collapse", "CollapseCriterion", "detect_collapse", "ended_collapsed"]
 
 
 @dataclass(frozen=True)
@@ -114,14 +117,45 @@ def detect_collapse(train_losses: Sequence[float], train_accuracies: Sequence[fl
     """
     accuracies = list(train_accuracies) if train_accuracies else []
     for start in range(1, len(train_losses) - criterion.epochs + 1):
-        window = list(train_losses[:1]) + list(train_losses[start:start + criterion.epochs])
-        if _finite(window):
-            found = _loss_window(train_losses, start, criterion)
-            if found:
-                return Collapse(start, found)
-        end = start + criterion.epochs
-        if len(accuracies) >= end and _finite(accuracies[:1] + accuracies[start:end]):
-            found = _accuracy_window(accuracies, start, chance, criterion)
-            if found:
-                return Collapse(start, found)
+        found = _window_at(train_losses, accuracies, start, chance, criterion)
+        if found:
+            return Collapse(start, found)
     return None
+
+
+def _window_at(losses: Sequence[float], accuracies: Sequence[float], start: int, chance: float | None,
+               criterion: CollapseCriterion) -> str | None:
+    """The evidence that the window of ``criterion.epochs`` evaluations from ``start`` learned nothing, or None."""
+    end = start + criterion.epochs
+    if _finite(list(losses[:1]) + list(losses[start:end])):
+        found = _loss_window(losses, start, criterion)
+        if found:
+            return found
+    if len(accuracies) >= end and _finite(list(accuracies[:1]) + list(accuracies[start:end])):
+        return _accuracy_window(accuracies, start, chance, criterion)
+    return None
+
+
+def ended_collapsed(train_losses: Sequence[float], train_accuracies: Sequence[float] | None = None,
+                    chance: float | None = None, criterion: CollapseCriterion = DEFAULT_CRITERION) -> Collapse | None:
+    """The collapse a run ends in, or None: its last ``criterion.epochs`` evaluations learned nothing.
+
+    The runner's test (a run that warms up slowly and then learns is not flagged, whatever its first epochs
+    did). The collapse's epoch is where the run's final stretch of collapsed windows began: every window from
+    it to the last one learned nothing (see the module docstring).
+
+    Example:
+        >>> ended_collapsed([2.3, 1.0, 2.31, 2.31, 2.31, 2.31]).epoch
+        2
+        >>> ended_collapsed([2.3, 2.3, 2.3, 2.3, 1.0, 0.5]) is None  # slow start, then learning
+        True
+    """
+    accuracies = list(train_accuracies) if train_accuracies else []
+    last = len(train_losses) - criterion.epochs
+    if last < 1 or _window_at(train_losses, accuracies, last, chance, criterion) is None:
+        return None
+    start = last
+    while start > 1 and _window_at(train_losses, accuracies, start - 1, chance, criterion) is not None:
+        start -= 1
+    evidence = _window_at(train_losses, accuracies, start, chance, criterion)
+    return Collapse(start, f"{evidence}; every window after it to epoch {len(train_losses) - 1} too")

@@ -1,4 +1,4 @@
-"""What a run was made on: software versions, hardware and the project's git commit (DeepOBS issue #24)."""
+"""What a run was made on: software versions (the peers' among them), hardware, the git commit (DeepOBS issue #24)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .peers import PEER_PACKAGES
 
 __all__ = ["environment"]
 
@@ -65,6 +67,6 @@ def _fixed_environment() -> dict[str, Any]:
         "gpus": gpus,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "packages": {name: _version(name) for name in ("probprec", "torch", "torchvision", "numpy", "scipy",
-                                                        "scikit-learn", "matplotlib")},
+                                                        "scikit-learn", "matplotlib", *PEER_PACKAGES)},
         "git_commit": _git_commit(),
     }

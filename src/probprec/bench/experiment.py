@@ -4,14 +4,18 @@ An experiment is a sweep file (:mod:`.sweeps`) in ``probprec/bench/experiments/`
 (or any path) with a ``[report]`` table. :func:`run_experiment` runs one scale of
 it (``smoke`` for CI: a few steps on embedded or generated data; ``full``: the
 thesis's budget, for a GPU or a cluster) and writes its report; the runs go to
-``<output>/runs`` and the report to ``<output>/report``. :func:`run_runtime`
+``<output>/runs`` and the report to ``<output>/report``. A file with ``protocol =
+"tune"`` runs through the tuning protocol (:mod:`.tuning`; its record
+``tuning.md`` goes beside the runs), so that optimizers with a grid are tuned on
+validation and those with one setting run it with every seed. :func:`run_runtime`
 is thesis Exp. 2 as DeepOBS's runtime estimate did it (SGD and the other
 optimizers alternately, several repetitions), but per epoch, with CPU time,
 evaluation excluded.
 
 ``[report]`` keys: ``title``, ``baseline`` (runtimes are divided by it),
 ``sensitivity`` (label -> hyperparameter), ``mode``, ``metric``, ``spread``,
-``targets`` (problem -> validation target), ``reference`` (result directories of baselines).
+``targets`` (problem -> validation target), ``reference`` (result directories of baselines),
+``versus`` (the optimizer of the contest section's win/tie/loss table).
 """
 
 from __future__ import annotations
@@ -31,12 +35,13 @@ from .sweeps import SweepError, SweepSpec, expand, load_sweep
 if TYPE_CHECKING:  # the sweep's modules load when a sweep runs
     from .outcomes import SweepSummary
     from .slurm_executor import SlurmOptions
+    from .tuning import TuningResult
 
 __all__ = ["EXPERIMENT_DIR", "ExperimentResult", "experiment_names", "experiment_path", "report_options",
            "run_experiment", "run_runtime"]
 
 EXPERIMENT_DIR = Path(__file__).resolve().parent / "experiments"
-REPORT_KEYS = {"title", "baseline", "sensitivity", "mode", "metric", "spread", "targets", "reference"}
+REPORT_KEYS = {"title", "baseline", "sensitivity", "mode", "metric", "spread", "targets", "reference", "versus"}
 
 
 def experiment_names() -> list[str]:
@@ -81,7 +86,7 @@ def report_options(spec: SweepSpec) -> ReportOptions:
         mode=str(table.get("mode", "final")), metric=table.get("metric"), baseline=str(table.get("baseline", "SGD")),
         spread=str(table.get("spread", "quartiles")), sensitivity=table.get("sensitivity"),
         targets=table.get("targets"), labels=labels, description=spec.description,
-        reference=[reference] if isinstance(reference, str) else list(reference),
+        reference=[reference] if isinstance(reference, str) else list(reference), versus=table.get("versus"),
     )
     missing = [name for name in (options.sensitivity or {}) if name not in order]
     if missing:
@@ -95,8 +100,18 @@ class ExperimentResult:
     """What :func:`run_experiment` did."""
 
     sweep: SweepSummary | None
-    """The sweep's summary (counts of completed, diverged, failed, skipped runs); None with ``report_only``."""
+    """The sweep's summary (counts of completed, diverged, failed, skipped runs; with the tuning protocol, of its
+    last step); None with ``report_only``."""
     report: Report
+    tuning: TuningResult | None = None
+    """The tuning protocol's result (``protocol = "tune"``)."""
+
+    @property
+    def exit_code(self) -> int:
+        """The command's exit status: the sweep's (or the tuning's), 0 with ``report_only``."""
+        if self.tuning is not None:
+            return self.tuning.exit_code
+        return 0 if self.sweep is None else self.sweep.exit_code
 
 
 def run_experiment(name: str | Path, scale: str = "smoke", output_dir: str | Path | None = None,
@@ -109,20 +124,25 @@ def run_experiment(name: str | Path, scale: str = "smoke", output_dir: str | Pat
         SweepError: a bad experiment file, before anything runs.
     """
     from .orchestration import run_sweep
+    from .tuning import tune
 
     path = experiment_path(name)
     spec = load_sweep(path, scale)
     options = report_options(spec)
     output = Path(output_dir) if output_dir is not None else Path("results") / spec.name / scale
-    summary = None
-    if not report_only:
+    summary, tuning = None, None
+    if not report_only and spec.protocol == "tune":
+        tuning = tune(spec, output / "runs", metric=options.metric, mode=options.mode, seeds=spec.seeds,
+                      executor=executor, workers=workers, data_dir=data_dir, device=device, slurm=slurm, echo=echo)
+        summary = tuning.rerun or tuning.search
+    elif not report_only:
         summary = run_sweep(spec, output / "runs", executor=executor, workers=workers, data_dir=data_dir,
                             device=device, slurm=slurm, echo=echo)
     report = write_report(output / "runs", output / "report", options)
     for line in report.problems_found:
         echo(f"warning: {line}")
     echo(f"report: {report.html} and {report.markdown}")
-    return ExperimentResult(summary, report)
+    return ExperimentResult(summary, report, tuning)
 
 
 def run_runtime(problem: str = "mnist_mlp", optimizers: list[str] | None = None, repetitions: int = 5,

@@ -2,7 +2,8 @@
 
 Names: the baselines ``SGD``, ``Momentum`` (SGD with momentum 0.9, as in the
 thesis) and ``Adam``; the variants of :mod:`probprec`; the thesis's tuned
-variants; and any ``torch.optim`` class by its dotted path
+variants; the learning-rate-free and curvature peers at their packages' defaults
+(:mod:`.peers`, the ``peers`` extra); and any ``torch.optim`` class by its dotted path
 (``torch.optim.RMSprop``), which then needs its hyperparameters (``--hp lr=0.01``).
 
 Learning rates: where DeepOBS tuned one for a problem (the TensorFlow baselines
@@ -26,6 +27,7 @@ import torch
 import probprec
 
 from .hyperparams import check_hyperparameters, parse_hyperparameters
+from .peers import PEERS, peer_factory
 
 __all__ = ["OPTIMIZERS", "OptimizerSpec", "UnknownOptimizerError", "get_optimizer", "parse_hyperparameters"]
 
@@ -111,6 +113,7 @@ def _specs() -> dict[str, OptimizerSpec]:
                       second_order=True, description=f"{spec.name} with the 2019 arithmetic (mode='thesis')")
         for spec in list(specs) if spec.second_order
     ]
+    specs += [OptimizerSpec(peer.name, peer_factory(peer), description=peer.description) for peer in PEERS]
     return {spec.name: spec for spec in specs}
 
 

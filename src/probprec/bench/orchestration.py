@@ -14,7 +14,7 @@ Every executor sets torch's thread count by the one policy of :mod:`probprec.ben
 the pool's workers share the cores (workers x threads <= cores), a sweep in this process
 uses them all, a Slurm task uses its ``--cpus-per-task``.
 
-A run is finished when a ``completed`` or ``diverged`` result exists for its settings
+A run is finished when a ``completed``, ``diverged`` or ``collapsed`` result exists for its settings
 folder and seed and no checkpoint is left (:func:`probprec.bench.runner.finished_result`),
 so rerunning a sweep retries only what did not complete (:func:`pending_runs`), and an
 interrupted run resumes from its last finished epoch. A failed run (an exception, or

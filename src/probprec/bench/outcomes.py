@@ -22,7 +22,7 @@ from .wording import counted
 __all__ = ["STATUS_ORDER", "Report", "RunOutcome", "SweepSummary", "describe_setting", "execute", "folder_of",
            "outcome_of"]
 
-STATUS_ORDER = ("skipped", "completed", "diverged", "failed", "interrupted", "not run", "submitted")
+STATUS_ORDER = ("skipped", "completed", "diverged", "collapsed", "failed", "interrupted", "not run", "submitted")
 """Every status of a :class:`RunOutcome`, in the order a summary counts them."""
 _LEFT = ("interrupted", "not run")
 """Statuses of runs that a rerun of the same sweep finishes."""
@@ -41,7 +41,7 @@ class RunOutcome:
     described: str
     """What sets the run apart from the others of its optimizer entry (:func:`describe_setting`)."""
     status: str
-    """``completed``, ``diverged``, ``failed``, ``interrupted``, ``skipped`` (finished before),
+    """``completed``, ``diverged``, ``collapsed``, ``failed``, ``interrupted``, ``skipped`` (finished before),
     ``not run`` (the sweep was stopped first) or ``submitted`` (to Slurm, not waited for)."""
     reason: str | None = None
     path: str | None = None
@@ -86,7 +86,7 @@ class SweepSummary:
 
     @property
     def exit_code(self) -> int:
-        """0: every run completed, diverged or was finished before; 1: a run failed; 130: interrupted."""
+        """0: every run completed, diverged, collapsed or was finished before; 1: a run failed; 130: interrupted."""
         if any(self.count(status) for status in _LEFT):
             return 130
         return 1 if self.failures else 0
@@ -176,5 +176,6 @@ def execute(sweep_run: SweepRun, threads: int | None = None) -> RunOutcome:
         return outcome_of(sweep_run, "failed", f"bad input: {error}")
     except Exception as error:  # a failing run never stops the sweep
         return outcome_of(sweep_run, "failed", f"{type(error).__name__}: {error}")
-    reason = result.record.get("status_reason") if result.status in ("failed", "interrupted", "diverged") else None
+    explained = ("failed", "interrupted", "diverged", "collapsed")
+    reason = result.record.get("status_reason") if result.status in explained else None
     return outcome_of(sweep_run, result.status, reason, str(result.path))

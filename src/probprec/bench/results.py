@@ -41,6 +41,7 @@ from .errors import ConfigError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "TUNING_RECORD",
     "dump_strict",
     "ensure_writable_folder",
     "existing_results",
@@ -52,7 +53,9 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-STATUSES = ("completed", "diverged", "interrupted", "failed")
+STATUSES = ("completed", "diverged", "collapsed", "interrupted", "failed")
+TUNING_RECORD = "tuning.json"
+"""The tuning protocol's record, written beside its runs (not a run result: the analysis skips it)."""
 SEPARATOR = "__"
 """Between the keys and values of a settings folder name (DeepOBS's)."""
 NAME_MAX = 255

@@ -8,7 +8,15 @@
   only when the optimizer asks, and a fresh estimate (``start_estimate()``) at the
   start of every ``restart_every``-th epoch, or the optimizer's own policy
   (``maybe_start_estimate()`` before every step) with ``restart="optimizer"``;
-* a non-finite training loss stops the run at that step with status ``diverged``;
+* optimizers with ``train()``/``eval()`` modes (Schedule-Free) are put in ``train()`` before every training
+  epoch and in ``eval()`` before every evaluation; the curvature peers get ``create_graph`` on the steps
+  where they estimate (:mod:`probprec.bench.optimizer_protocol`);
+* a non-finite training loss stops the run at that step with status ``diverged``; a run that ends
+  having learned nothing over its last :attr:`~probprec.bench.collapse.CollapseCriterion.epochs` epochs
+  (its training loss at or back at its initial level, or its accuracy at chance: the definition of
+  :mod:`probprec.bench.collapse`, which the analysis uses too) gets the status ``collapsed``, the epoch
+  from which it learned nothing (``collapsed_at_epoch``) and the evidence (``status_reason``); it trains
+  its whole budget, so that a step size that warms up slowly is not taken for a collapse;
   an interrupt (SIGINT, SIGTERM) records status ``interrupted`` and keeps the
   checkpoint of the last finished epoch (:mod:`probprec.bench.checkpoints`), from
   which the same command resumes to the same result as an uninterrupted run; any
@@ -38,11 +46,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ._pause import pause_if_asked
 from .checkpoints import CheckpointNotWrittenError, checkpoint_path, load_checkpoint, save_checkpoint
+from .collapse import ended_collapsed
 from .data import DataMissingError, Splits
 from .devices import resolve_device
 from .environment import environment
 from .errors import ConfigError, UserError, describe_os_error
 from .locks import holding, run_lock_path
+from .optimizer_protocol import evaluation_mode, needs_graph, training_mode
 from .optimizers import OptimizerSpec, get_optimizer
 from .problems import Problem, get_problem
 from .results import (
@@ -54,11 +64,13 @@ from .results import (
     write_json_atomic,
 )
 
-__all__ = ["RESTART_POLICIES", "ConfigError", "RunConfig", "RunResult", "finished_result", "interruptible", "run",
-           "run_folder"]
+__all__ = ["FINISHED", "RESTART_POLICIES", "ConfigError", "RunConfig", "RunResult", "finished_result", "interruptible",
+           "run", "run_folder"]
 
 RESTART_POLICIES = ("default", "epoch", "optimizer", "never")
 """The restart policies by name (:attr:`RunConfig.restart`); an integer k >= 1 (every k epochs) is one too."""
+FINISHED = ("completed", "diverged", "collapsed")
+"""The statuses of a run that has ended for good (a result with one of them makes the run skip)."""
 
 
 @dataclass
@@ -93,7 +105,8 @@ class RunResult:
     """What :func:`run` did."""
 
     status: str
-    """``completed``, ``diverged``, ``interrupted``, ``failed``, or ``skipped`` (a finished result existed)."""
+    """``completed``, ``diverged``, ``collapsed``, ``interrupted``, ``failed``, or ``skipped`` (a finished result
+    existed)."""
     path: Path
     record: dict[str, Any]
 
@@ -237,11 +250,11 @@ def run_folder(config: RunConfig) -> Path:
 
 
 def _finished(folder: Path, seed: int) -> tuple[Path, dict[str, Any]] | None:
-    """The first completed or diverged result of ``seed`` in ``folder``, unless a checkpoint is left."""
+    """The first finished result (:data:`FINISHED`) of ``seed`` in ``folder``, unless a checkpoint is left."""
     if checkpoint_path(folder, seed).exists():
         return None
     for path, record in existing_results(folder, seed):
-        if record.get("status") in ("completed", "diverged"):
+        if record.get("status") in FINISHED:
             return path, record
     return None
 
@@ -425,7 +438,7 @@ class _Training:
         try:
             with interruptible():
                 self._epochs(start_epoch, progress)
-            record.update(status="completed", stopped_at_step=self.step, stopped_at_epoch=self.settings.epochs)
+            self._finish()
             record["diagnostics"] = problem.diagnostics(self.model, self.optimizer)
         except _Diverged as diverged:
             record.update(status="diverged", status_reason=str(diverged), stopped_at_step=diverged.step,
@@ -468,11 +481,22 @@ class _Training:
                 save_checkpoint(self.checkpoint, self.model, self.optimizer, record, epoch + 1, self.loader_generator)
                 pause_if_asked(epoch + 1, self.checkpoint)
 
+    def _finish(self) -> None:
+        """The status of a run that trained its whole budget: ``completed``, or ``collapsed`` with the evidence."""
+        record = self.record
+        accuracies = record["train_accuracies"] if self.settings.problem.metric == "accuracy" else None
+        collapse = ended_collapsed(record["train_losses"], accuracies)
+        record.update(status="completed", stopped_at_step=self.step, stopped_at_epoch=self.settings.epochs)
+        if collapse is not None:
+            record.update(status="collapsed", collapsed_at_epoch=collapse.epoch,
+                          status_reason=f"learned nothing from epoch {collapse.epoch}: {collapse.evidence}")
+
     def _train_epoch(self, progress: _Progress) -> None:
         """One pass over the training set; its wall-clock and CPU time go to the record."""
         problem, optimizer, second_order, record = self.settings.problem, self.optimizer, self.second_order, self.record
         on_demand = second_order if self.settings.restart == "optimizer" else None
         wall0, cpu0 = time.perf_counter(), time.process_time()
+        training_mode(optimizer)
         for x, y in self.loader:
             x, y = x.to(self.device), y.to(self.device)
             if on_demand:
@@ -482,7 +506,7 @@ class _Training:
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise _Diverged(f"training loss {value} at step {self.step} (epoch {self.epoch})", self.step)
-            loss.backward(create_graph=bool(second_order and second_order.create_graph))
+            loss.backward(create_graph=needs_graph(optimizer))
             optimizer.step()
             self.step += 1
             if self.step % self.config.train_log_interval == 0:
@@ -495,6 +519,7 @@ class _Training:
         """Loss and accuracy on train_eval, valid and test, appended to the record with the time they took."""
         t0 = time.perf_counter()
         splits = self.splits
+        evaluation_mode(self.optimizer)
         for split, name in ((splits.train_eval, "train"), (splits.valid, "valid"), (splits.test, "test")):
             loss, accuracy = self.evaluate(self.model, split)
             self.record[f"{name}_losses"].append(loss)

@@ -5,7 +5,7 @@ or on Slurm (:mod:`probprec.bench.orchestration`), or prints its pending runs as
 ``probprec run`` commands (``--emit-commands``). ``probprec tune FILE`` runs the tuning
 protocol (:mod:`probprec.bench.tuning`).
 
-Exit status: 0 when every run completed, diverged or was finished before; 1 when a run
+Exit status: 0 when every run completed, diverged, collapsed or was finished before; 1 when a run
 failed; 2 for bad input (one line on standard error, before anything runs); 130 when
 interrupted.
 """

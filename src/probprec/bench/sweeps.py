@@ -1,7 +1,11 @@
 """Sweep files: problems x optimizers x hyperparameter grids or random search x batch sizes x seeds, in TOML.
 
-A sweep file has optional ``name``, ``description`` and ``[report]`` tables, and
-one table per *scale* (``[smoke]``, ``[full]``, or any name) with:
+A sweep file has optional ``name``, ``description``, ``protocol`` and ``[report]``
+tables, and one table per *scale* (``[smoke]``, ``[full]``, or any name) with the
+keys below. ``protocol`` says how ``probprec experiment`` runs the file: ``"sweep"``
+(the default: every setting with every seed) or ``"tune"`` (the tuning protocol of
+:mod:`probprec.bench.tuning`: every setting with the first seed, then per problem and
+optimizer the setting best on validation with every seed).
 
 ``problems``
     list of problem names.
@@ -52,9 +56,11 @@ from .optimizers import get_optimizer
 from .problems import PROBLEMS
 from .runner import RESTART_POLICIES, RunConfig
 
-__all__ = ["DISTRIBUTIONS", "SweepError", "SweepRun", "SweepSpec", "expand", "load_sweep", "read_toml", "settings"]
+__all__ = ["DISTRIBUTIONS", "PROTOCOLS", "SweepError", "SweepRun", "SweepSpec", "expand", "load_sweep", "read_toml",
+           "settings"]
 
-TOP_KEYS = {"name", "description", "report"}
+TOP_KEYS = {"name", "description", "protocol", "report"}
+PROTOCOLS = ("sweep", "tune")
 SCALE_KEYS = {"problems", "optimizers", "seeds", "epochs", "batch_size", "l2", "restart", "data", "trials",
               "search_seed"}
 OPTIMIZER_KEYS = {"name", "hyperparams", "grid", "search", "label"}
@@ -84,6 +90,8 @@ class SweepSpec:
     data: str | None = None
     description: str = ""
     report: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "sweep"
+    """How ``probprec experiment`` runs it: ``sweep`` or ``tune`` (see the module docstring)."""
     path: Path | None = None
     trials: int = DEFAULT_TRIALS
     search_seed: int = DEFAULT_SEARCH_SEED
@@ -287,6 +295,8 @@ def load_sweep(path: str | Path, scale: str) -> SweepSpec:
                 str(path))
     if scale not in scales:
         raise SweepError(f"{path}: no scale {scale!r} (the file has {', '.join(scales) or 'none'})")
+    if data.get("protocol", "sweep") not in PROTOCOLS:
+        raise SweepError(f"{path}: protocol must be one of {', '.join(PROTOCOLS)}, got {data['protocol']!r}")
     table = data[scale]
     where = f"{path} [{scale}]"
     _check_keys(table, SCALE_KEYS, where)
@@ -317,7 +327,8 @@ def load_sweep(path: str | Path, scale: str) -> SweepSpec:
         name=str(data.get("name", path.stem)), scale=scale, problems=problems, optimizers=optimizers, seeds=seeds,
         epochs=table.get("epochs"), batch_size=table.get("batch_size"), l2=table.get("l2"),
         restart=table.get("restart", "default"), data=table.get("data"), description=str(data.get("description", "")),
-        report=dict(data.get("report", {})), path=path, trials=table.get("trials", DEFAULT_TRIALS),
+        report=dict(data.get("report", {})), protocol=data.get("protocol", "sweep"), path=path,
+        trials=table.get("trials", DEFAULT_TRIALS),
         search_seed=table.get("search_seed", DEFAULT_SEARCH_SEED),
     )
     _check_builds(spec, where)

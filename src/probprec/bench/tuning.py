@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .executor import LOCAL
 from .orchestration import Echo, prepare_runs, run_runs
 from .outcomes import SweepSummary, folder_of
-from .results import existing_results, write_json_atomic, write_text_atomic
+from .results import TUNING_RECORD, existing_results, write_json_atomic, write_text_atomic
 from .slurm_executor import SlurmOptions
 from .sweeps import SweepRun, SweepSpec
 from .wording import counted
@@ -190,7 +190,7 @@ def _markdown(spec: SweepSpec, result: TuningResult, metric: str | None, mode: s
 def _write(spec: SweepSpec, result: TuningResult, metric: str | None, mode: str, first_seed: int,
            seeds: list[int]) -> None:
     choices = [{k: v for k, v in c.items() if k != "_run"} for c in result.choices]
-    write_json_atomic(result.output_dir / "tuning.json", {
+    write_json_atomic(result.output_dir / TUNING_RECORD, {
         "sweep": spec.name, "scale": spec.scale, "file": str(spec.path) if spec.path else None,
         "metric": metric, "mode": mode, "candidate_seed": first_seed, "rerun_seeds": seeds, "choices": choices,
         "notes": result.notes})

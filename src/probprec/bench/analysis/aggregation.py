@@ -13,7 +13,7 @@ from the median initial value :math:`m_0` to the best median curve's best value
 target.
 
 The summary (:func:`summary_table`) has one row per chosen setting: how it was
-chosen, its status counts (and runs stuck at chance), the final and best metrics
+chosen, its status counts (and runs stuck at chance that kept another status), the final and best metrics
 over seeds, the time per epoch and to the target.
 """
 
@@ -169,7 +169,7 @@ def summary_table(results: Results, chosen: pd.DataFrame, targets: pd.DataFrame 
                "batch_size": row.batch_size, "selected_on": row.selected_on, "how_chosen": row.how_chosen,
                "score": row.score, "runs": len(runs),
                "status": ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().sort_index().items()),
-               "collapsed": int(runs["collapsed_at"].notna().sum())}
+               "collapsed": int((runs["collapsed_at"].notna() & (runs["status"] != "collapsed")).sum())}
         out.update(_metric_columns(per_run, timing, ids, results.metric_kind(str(row.problem))))
         if targets is not None:
             out.update(_target_columns(targets, ids))

@@ -1,11 +1,11 @@
 """Result files into tidy tables: one row per run, and one row per run x epoch x metric.
 
 :func:`load_results` reads every ``*.json`` under one or more directories (or
-single files): ours, DeepOBS 1.2's and DeepOBS 1.1's (see :mod:`.records` and
+single files), but a tuning's record (``tuning.json``): ours, DeepOBS 1.2's and DeepOBS 1.1's (see :mod:`.records` and
 :mod:`.schema`). It never stops at a bad file: a file that cannot be read, is
 not JSON, is not a run or breaks the result schema becomes one line in
 :attr:`Results.problems_found`, naming the file and why, and is not counted;
-everything valid is loaded. Runs that diverged, failed or were interrupted are
+everything valid is loaded. Runs that diverged, collapsed, failed or were interrupted are
 kept with their status, and runs stuck at their initial loss or at chance are
 flagged (``collapsed_at``, ``collapse_evidence``). Runs are grouped into settings
 with :mod:`.grouping` (numbers compared with a tolerance). The metrics are
@@ -25,6 +25,7 @@ import pandas as pd
 
 from ..atomic import atomic_writer
 from ..errors import UserError
+from ..results import TUNING_RECORD
 from .grouping import assign_settings, plain_json
 from .metrics import CURVE_METRICS, METRICS, UnknownMetricError, canonical_metric
 from .records import NotARunError, read_run
@@ -131,14 +132,15 @@ def check_inputs(paths: Iterable[str | Path], what: str = "result") -> None:
 
 
 def _files(paths: list[Path]) -> list[tuple[Path, Path]]:
-    """(root, file) of every visible JSON file under the paths, sorted."""
+    """(root, file) of every visible JSON file under the paths, sorted (a tuning's record left out)."""
     files = []
     for root in paths:
         if root.is_file():
             files.append((root.parent, root))
             continue
         for path in sorted(root.rglob("*.json")):
-            if not any(part.startswith(".") for part in path.relative_to(root).parts):
+            hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+            if not hidden and path.name != TUNING_RECORD:
                 files.append((root, path))
     return files
 

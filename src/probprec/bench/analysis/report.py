@@ -12,7 +12,8 @@ setting (:mod:`.selection`, the rule stated in the report), aggregates the seeds
 * ``figures/*.png`` and ``*.pdf``;
 * ``tables/``: ``summary.csv`` (one row per problem and chosen setting), ``selection.csv`` (every setting
   with its score, rank and how it was compared), ``time_to_target.csv``, ``runtime.csv`` and the tidy
-  ``runs.csv`` and ``curves.csv`` (Parquet twins when pyarrow is installed).
+  ``runs.csv`` and ``curves.csv`` (Parquet twins when pyarrow is installed); with ``versus``, the
+  contest's ``contest.csv`` (per problem and optimizer) and ``contest_summary.csv`` (per optimizer).
 
 Files that cannot be used are listed in the report, naming each, and not
 counted; everything valid is still reported. Optimizers whose setting could not
@@ -33,6 +34,7 @@ from ..errors import UserError
 from ..results import write_text_atomic
 from . import figures, sections
 from .aggregation import aggregate, summary_table, time_to_target
+from .contest import Contest, contest
 from .document import Document
 from .figures import FigureSummary
 from .load import Results, check_inputs, load_results
@@ -76,6 +78,8 @@ class ReportOptions:
     labels: dict[tuple[str, str, str], str] | None = None
     """(problem, optimizer, hyperparameter key) -> label, to tell apart entries of one optimizer."""
     description: str = ""
+    versus: str | None = None
+    """An optimizer to hold every other against: the contest section (:mod:`.contest`; None: no such section)."""
 
 
 class ReportFolderError(UserError):
@@ -125,6 +129,8 @@ class Analysis:
     ratios: pd.DataFrame | None
     notes: list[str]
     legacy_problems: set[str]
+    contest: Contest | None = None
+    """The contest's tables, when the options name an optimizer to hold the others against (``versus``)."""
 
 
 def _check_options(options: ReportOptions) -> None:
@@ -184,10 +190,10 @@ def analyse(paths: str | Path | Sequence[str | Path], options: ReportOptions | N
                                          legacy_test_selection=options.legacy_test_selection)
     picked = selected_runs(results, chosen)
     ttt, targets = time_to_target(picked, options.targets)
+    ratios = runtime_ratios(results, options.baseline) if len(results.runs) else None
+    held = contest(picked, ratios, ttt, options.versus) if options.versus else None
     return Analysis(results, found, problems, optimizers, chosen, candidates, picked, aggregate(picked), ttt,
-                    targets, summary_table(results, chosen, ttt),
-                    runtime_ratios(results, options.baseline) if len(results.runs) else None, _notes(chosen),
-                    _legacy(chosen))
+                    targets, summary_table(results, chosen, ttt), ratios, _notes(chosen), _legacy(chosen), held)
 
 
 def _prepare_folder(out: Path) -> None:
@@ -227,6 +233,8 @@ def write_report(paths: str | Path | Sequence[str | Path], out_dir: str | Path,
 def _write(analysis: Analysis, paths: list, out: Path, options: ReportOptions) -> Report:
     doc = Document(options.title)
     sections.overview(doc, analysis, paths, options)
+    if analysis.contest is not None:
+        sections.contest_section(doc, analysis.contest, analysis.problems, analysis.optimizers)
     drawn = _Drawn(out / "figures", doc)
     notes = list(analysis.notes)
     if analysis.problems:
@@ -440,8 +448,11 @@ def _reference(options: ReportOptions,
 def _write_tables(out: Path, analysis: Analysis) -> list[Path]:
     folder = out / "tables"
     written = analysis.results.to_files(folder)
+    held = analysis.contest
     for name, table in (("summary", analysis.summary), ("selection", analysis.candidates),
-                        ("time_to_target", analysis.time_to_target), ("runtime", analysis.ratios)):
+                        ("time_to_target", analysis.time_to_target), ("runtime", analysis.ratios),
+                        ("contest", held.per_problem if held else None),
+                        ("contest_summary", held.per_optimizer if held else None)):
         if table is None:
             continue
         table = table.copy()

@@ -15,14 +15,16 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ..collapse import DEFAULT_CRITERION
+from .contest import ACCURACY_TIE, LOSS_TIE
 from .document import Document
 from .load import Results
 from .metrics import LEGACY_TEST_LABEL
 
 if TYPE_CHECKING:
+    from .contest import Contest
     from .report import Analysis, ReportOptions
 
-__all__ = ["count", "environment", "overview", "problem_section", "selection_rule"]
+__all__ = ["contest_section", "count", "environment", "overview", "problem_section", "selection_rule"]
 
 
 def count(n: int, noun: str) -> str:
@@ -56,12 +58,12 @@ def _sources(paths: Sequence) -> str:
 
 
 def overview(doc: Document, analysis: Analysis, paths: Sequence, options: ReportOptions) -> None:
-    """What was read, the files that could not be used, the runs that did not complete or are stuck."""
+    """What was read, the files that could not be used, the runs that did not complete, collapsed or are stuck."""
     results = analysis.results
     if options.description:
         doc.paragraph(options.description)
     statuses = results.runs["status"].value_counts()
-    stuck = results.runs[results.runs["collapsed_at"].notna()]
+    stuck = results.runs[results.runs["collapsed_at"].notna() & (results.runs["status"] != "collapsed")]
     doc.paragraph(f"Generated {datetime.now().isoformat(timespec='seconds')} from {_sources(paths)}: "
                   f"{count(len(results.runs), 'run')} of {count(len(results.problem_names), 'problem')} and "
                   f"{count(len(results.optimizer_names), 'optimizer')} ("
@@ -71,9 +73,9 @@ def overview(doc: Document, analysis: Analysis, paths: Sequence, options: Report
         doc.heading("Files and names that could not be used")
         doc.bullets([f"`{line}`" if ": " not in line else f"`{line.split(': ', 1)[0]}`: {line.split(': ', 1)[1]}"
                      for line in analysis.found])
-    failures = results.runs[results.runs["status"].isin(["diverged", "failed", "interrupted"])]
+    failures = results.runs[results.runs["status"].isin(["diverged", "collapsed", "failed", "interrupted"])]
     if len(failures):
-        doc.heading("Runs that did not complete")
+        doc.heading("Runs that did not complete or learned nothing")
         doc.table(["problem", "optimizer", "setting", "seed", "status", "reason"],
                   [[r.problem, r.optimizer, r.setting, r.seed, r.status, r.status_reason or ""]
                    for r in failures.itertuples()])
@@ -83,8 +85,9 @@ def overview(doc: Document, analysis: Analysis, paths: Sequence, options: Report
         doc.paragraph(f"{count(len(stuck), 'run')} stuck at chance: the training loss stayed within "
                       f"{criterion.loss_tolerance:.0%} of its initial value (or above it) without progress, or the "
                       f"training accuracy within {criterion.accuracy_margin:.0%} of chance, for "
-                      f"{criterion.epochs} consecutive epochs (`probprec.bench.collapse`). They keep their status "
-                      "and count in their setting's statistics.")
+                      f"{criterion.epochs} consecutive epochs (`probprec.bench.collapse`), in files whose runner "
+                      "did not stop them (status `collapsed`). They keep their status and count in their setting's "
+                      "statistics.")
         doc.table(["problem", "optimizer", "setting", "seed", "status", "from epoch", "evidence"],
                   [[r.problem, r.optimizer, r.setting, r.seed, r.status, r.collapsed_at, r.collapse_evidence]
                    for r in stuck.itertuples()])
@@ -167,3 +170,57 @@ def environment(doc: Document, results: Results) -> None:
     doc.heading("Environment")
     doc.table(["device", "CPU", "GPUs", "torch", "Python", "git commit", "source", "runs"],
               _environment_rows(results.runs))
+
+
+def _ratio(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}x"
+
+
+def _count(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else str(int(value))
+
+
+def _contest_rules(base: str) -> str:
+    return ("Final test metric: the test accuracy (the test loss on problems without one) after the last epoch; a "
+            "diverged run counts with its value before training, a collapsed run with what it reached. "
+            f"Against {base}: a *tie* when the two medians over seeds differ by no more than the wider of their "
+            f"interquartile ranges, or by less than {ACCURACY_TIE * 100:g} accuracy points (accuracy problems) or "
+            f"{LOSS_TIE:.0%} of {base}'s median (loss problems); otherwise the better median *wins*. Time: the "
+            f"median over problems of each problem's median time per epoch relative to {base} (same seed). "
+            "Profile score: the area under the performance profile of the time to the validation target, tau from "
+            "1 to 4 (1: fastest on every problem).")
+
+
+def _optimizer_row(row: dict[str, Any], base: str) -> list[str]:
+    return [row["optimizer"], _count(row["win"]), _count(row["tie"]), _count(row["loss"]),
+            "(baseline)" if row["optimizer"] == base else str(row["lost_on"]), f"{row['collapsed']} of {row['runs']}",
+            str(row["diverged"]), _ratio(row["wall_ratio"]), _ratio(row["cpu_ratio"]), fmt(row["profile_score"], 3)]
+
+
+def _problem_row(row: dict[str, Any], base: str) -> list[str]:
+    return [row["optimizer"], f"{fmt(row['median'])} [{fmt(row['q25'])}, {fmt(row['q75'])}]", str(row["runs"]),
+            str(row["collapsed"]), str(row["diverged"]), _ratio(row["wall_ratio"]), _ratio(row["cpu_ratio"]),
+            "-" if row["optimizer"] == base else str(row["versus"])]
+
+
+def _in_order(table: pd.DataFrame, optimizers: Sequence[str]) -> list[dict[str, Any]]:
+    rows = {str(row["optimizer"]): {str(k): v for k, v in row.items()} for row in table.to_dict("records")}
+    return [rows[o] for o in optimizers if o in rows]
+
+
+def contest_section(doc: Document, contest: Contest, problems: Sequence[str], optimizers: Sequence[str]) -> None:
+    """The contest: the rules, every optimizer against the baseline over problems, then the final metric per problem."""
+    base = contest.baseline
+    doc.heading(f"Contest: every optimizer against {base}")
+    doc.paragraph(_contest_rules(base))
+    doc.table(["optimizer", "win", "tie", "loss", "lost on", "collapsed runs", "diverged runs", "wall / epoch",
+               "CPU / epoch", "profile score"],
+              [_optimizer_row(row, base) for row in _in_order(contest.per_optimizer, optimizers)])
+    table = contest.per_problem
+    for problem in problems:
+        mine = table[table["problem"] == problem]
+        if mine.empty:
+            continue
+        doc.heading(f"{problem}: final {str(mine['metric'].iloc[0]).replace('_', ' ')}", 4)
+        doc.table(["optimizer", "median [25 %, 75 %]", "runs", "collapsed", "diverged", "wall / epoch", "CPU / epoch",
+                   f"vs {base}"], [_problem_row(row, base) for row in _in_order(mine, optimizers)])

@@ -43,7 +43,7 @@ from .metrics import LEGACY_TEST_LABEL, SELECTION_METRICS, UnknownMetricError, c
 __all__ = ["FINISHED", "MODES", "NO_SCORE", "NO_VALIDATION", "check_selection_metric", "default_metric", "order",
            "select_settings", "selected_runs"]
 
-FINISHED = ("completed", "diverged", "failed")
+FINISHED = ("completed", "diverged", "collapsed", "failed")
 """The statuses of runs that ended (an interrupted run may still resume)."""
 MODES = ("final", "best")
 CANDIDATE_COLUMNS = ["hyperparams", "batch_size", "num_epochs", "metric", "selected_on", "score", "seeds", "runs",

@@ -25,9 +25,10 @@ from .images import (
     MnistTwoCTwoD,
     SvhnWRN164,
 )
+from .robustness import FAMILY, FAMILY_CLASSES
 from .synthetic import Beale, Branin, IllConditionedRegression, QuadraticDeep, Rosenbrock
 
-__all__ = ["EMBEDDED", "PROBLEMS", "Problem", "UnknownProblemError", "get_problem"]
+__all__ = ["EMBEDDED", "FAMILY", "PROBLEMS", "Problem", "UnknownProblemError", "get_problem"]
 
 PROBLEMS: dict[str, type[Problem]] = {
     cls.name: cls
@@ -37,11 +38,12 @@ PROBLEMS: dict[str, type[Problem]] = {
         Cifar10ThreeCThreeD, Cifar100ThreeCThreeD, Cifar100AllCNNC, Cifar10Roos, SvhnWRN164,
         DigitsMLP, DigitsCNN, DigitsMLPLayerwise,
     )
-}
+} | {cls.name: cls for cls in FAMILY_CLASSES}
 """Every problem, by name."""
 
 EMBEDDED = [name for name, cls in PROBLEMS.items() if cls.dataset is None]
-"""The problems that need no download (generated data, or data that ships with a dependency)."""
+"""The problems that need no download (generated data, or data that ships with a dependency), the robustness
+family (:data:`FAMILY`, :mod:`.robustness`) among them."""
 
 
 class UnknownProblemError(KeyError):

@@ -66,6 +66,12 @@ def test_optim_class_must_be_an_optimizer_class(optim_class):
         Preconditioner(params(), optim_class=optim_class)
 
 
+def test_an_unknown_keyword_is_refused_naming_it():
+    """A misspelt inner hyperparameter is not silently dropped."""
+    with pytest.raises(ValueError, match=r"momentun=0\.9 rejected by SGD: .*momentun"):
+        Preconditioner(params(), momentun=0.9)
+
+
 def test_inner_optimizer_validates_its_own_hyperparameters():
     with pytest.raises(ValueError, match="momentum"):
         Preconditioner(params(), momentum=-0.5)

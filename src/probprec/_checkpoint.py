@@ -37,7 +37,8 @@ _ESTIMATE_KEYS = ("eigvecs", "eigvals", "factors")
 _ROW_KEYS = ("directions", "observations")
 _SCHEDULE_INTS = ("cycle", "optimize_steps", "failures", "cycles_completed")
 _PRIOR_KEYS = ("step_size", "mean", "width", "noise", "noise_measured")
-FORMAT_0_BEHAVIOUR = {"safeguard": False, "keep_moving": False, "adaptive_restarts": False}
+FORMAT_0_BEHAVIOUR = {"safeguard": False, "keep_moving": False, "adaptive_restarts": False,
+                      "adaptive_observations": False}
 """The options added since format 0, at the values that reproduce the code that wrote it."""
 
 

@@ -129,8 +129,10 @@ class InnerSpec:
                 f"decay of its own, got {group[INNER_WEIGHT_DECAY]!r}"
             )
         params = group["params"]
-        _construct(self.optim_class, self.inner_values(group), params[0] if params else None,
-                   label, explicit)
+        values = self.inner_values(group)
+        given = [("weight_decay" if key == INNER_WEIGHT_DECAY else key) for key in explicit]
+        _construct(self.optim_class, values, params[0] if params else None, label, explicit,
+                   given={key: values[key] for key in given if key in values})
 
     def inner_group(self, group: Mapping[str, Any]) -> dict[str, Any]:
         """A new inner group for a Preconditioner group (learning rate 1 until the first step sets it)."""
@@ -145,7 +147,11 @@ class InnerSpec:
 
 
 def _constructor_arguments(optim_class: type[Optimizer], values: Mapping[str, Any]) -> dict[str, Any]:
-    """The values the class's constructor takes (some defaults, e.g. AdamW's, are not arguments)."""
+    """The values the class's constructor takes (some defaults, e.g. AdamW's, are not arguments).
+
+    Used for values filled in from the class's own defaults; what the user gives is passed as it is, so
+    that an unknown keyword is an error.
+    """
     parameters = inspect.signature(optim_class.__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return dict(values)
@@ -153,11 +159,18 @@ def _constructor_arguments(optim_class: type[Optimizer], values: Mapping[str, An
 
 
 def _construct(optim_class: type[Optimizer], values: Mapping[str, Any], like: Tensor | None, label: str,
-               explicit: Mapping[str, Any] | None = None) -> Optimizer:
+               explicit: Mapping[str, Any] | None = None, given: Mapping[str, Any] | None = None) -> Optimizer:
+    """Build the class on a one-element tensor with ``values``.
+
+    ``explicit`` are the values the user gave, as the user named them (for the message; None: all of
+    ``values``, and then none is filtered out); ``given`` the same under the inner class's names.
+    """
     dummy = torch.zeros(1, requires_grad=True) if like is None else torch.zeros(
         1, dtype=like.dtype, device=like.device, requires_grad=True)
+    arguments = dict(values) if explicit is None else {**_constructor_arguments(optim_class, values),
+                                                        **(given or {})}
     try:
-        return optim_class([dummy], **{**_constructor_arguments(optim_class, values), "lr": 1.0})
+        return optim_class([dummy], **{**arguments, "lr": 1.0})
     except (ValueError, TypeError, RuntimeError) as error:
         shown = values if explicit is None else explicit
         raise ValueError(f"{label}{_describe(shown)} rejected by {optim_class.__name__}: {error}") from None

@@ -127,7 +127,10 @@ class Arithmetic:
 
     def extract(self, group: GroupCycle, S: Sequence[Tensor], Y: Sequence[Tensor], t: int, config: Config,
                 ritz: lowrank.RitzCoefficients | None) -> lowrank.LowRank:
-        """The low-rank estimate of tensor ``t`` of the group (``ritz``: the group's batched Ritz pairs)."""
+        """The low-rank estimate of tensor ``t`` of the group from its ``len(S)`` observations.
+
+        ``ritz`` are the group's batched Ritz pairs (:meth:`uses_ritz`).
+        """
         if config.extraction == "ritz":
             assert ritz is not None
             if config.apply_preconditioner:
@@ -135,16 +138,16 @@ class Arithmetic:
             else:  # the values are logged, the vectors would not be used
                 U, finite = S[0][None, :0], torch.ones((), dtype=torch.bool, device=S[0].device)
             return lowrank.LowRank(U, ritz.eigvals[t], ritz.valid[t] & finite)
-        return lowrank.posterior_eigen(S, Y, self._tensor_system(group, t, config), config.est_rank)
+        return lowrank.posterior_eigen(S, Y, self._tensor_system(group, t, len(S)), config.est_rank)
 
     def uses_ritz(self, config: Config) -> bool:
         """Whether :meth:`extract` needs the group's batched Ritz pairs."""
         return config.extraction == "ritz"
 
     @staticmethod
-    def _tensor_system(group: GroupCycle, t: int, config: Config):
+    def _tensor_system(group: GroupCycle, t: int, m: int):
         assert group.prior is not None
-        system = group.system(config.num_observations)
+        system = group.system(m)
         noise = torch.tensor(group.prior.noise, dtype=system.M.dtype, device=system.M.device)
         return posterior_system(system.SS[t], system.SY[t], system.mean, system.width, noise)
 
@@ -270,11 +273,11 @@ class ThesisArithmetic(Arithmetic):
         if not self._quirky_extraction(config):
             return super().extract(group, S, Y, t, config, ritz)
         if self.quirks & _POSTERIOR_QUIRKS:
-            post = self._posterior(group, config.num_observations)
+            post = self._posterior(group, len(S))
             one = post._replace(**{f: getattr(post, f)[t] for f in ("SS", "SY", "K", "Minv_unit")})
             X, mean, width = thesis_factors(S, Y, one), one.mean, one.width
         else:
-            system = self._tensor_system(group, t, config)
+            system = self._tensor_system(group, t, len(S))
             X, mean, width = posterior_factors(S, Y, system), system.mean, system.width
         if "singular_values" in self.quirks:
             return singular_extraction(S, X, mean, width, config.est_rank)

@@ -45,6 +45,8 @@ class Config:
     """Update during a cycle's estimation with the previous estimate (from the second cycle on)."""
     adaptive_restarts: bool = True
     """Start a new cycle when the estimate is stale (:mod:`probprec.schedule`)."""
+    adaptive_observations: bool = True
+    """End the posterior before ``num_observations`` when its top curvatures stop changing."""
     quirks: frozenset[str] = frozenset()
     """The 2019 quirks left on (thesis mode); empty in the default mode."""
 
@@ -71,9 +73,9 @@ class Config:
         restart = options.get("restart_interval", cls.restart_interval)
         mode = check_choice("mode", options.get("mode", cls.mode), MODES)
         # the new mechanisms: None is on in the default mode, off in the 2019 class's
-        safeguard, keep_moving, adaptive_restarts = (
+        safeguard, keep_moving, adaptive_restarts, adaptive_observations = (
             mode == "default" if options.get(key) is None else bool(options[key])
-            for key in ("safeguard", "keep_moving", "adaptive_restarts"))
+            for key in ("safeguard", "keep_moving", "adaptive_restarts", "adaptive_observations"))
         return cls(
             est_rank=est_rank,
             num_observations=num_observations,
@@ -91,6 +93,7 @@ class Config:
             safeguard=safeguard,
             keep_moving=keep_moving,
             adaptive_restarts=adaptive_restarts,
+            adaptive_observations=adaptive_observations,
             quirks=_quirks(mode, fixes),
         )
 
@@ -113,7 +116,8 @@ class Config:
                 "observe": self.observe, "orthogonalize": self.orthogonalize,
                 "build_preconditioner": self.build_preconditioner,
                 "apply_preconditioner": self.apply_preconditioner, "safeguard": self.safeguard,
-                "keep_moving": self.keep_moving, "adaptive_restarts": self.adaptive_restarts}
+                "keep_moving": self.keep_moving, "adaptive_restarts": self.adaptive_restarts,
+                "adaptive_observations": self.adaptive_observations}
 
 
 def _quirks(mode: str, fixes: Any) -> frozenset[str]:

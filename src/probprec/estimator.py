@@ -41,6 +41,9 @@ from .prior import curvature_sums, estimate_prior, noise_sums
 __all__ = ["CycleEstimator", "Estimate", "Event", "Outcome", "TensorEstimate"]
 
 Groups = Sequence[dict[str, Any]]
+CONVERGED = 1e-2
+"""With ``adaptive_observations``: the posterior ends once no top curvature moved by more than this
+(relative) with the last observation; noise keeps them moving, so a noisy problem observes longer."""
 HVP = Callable[[list[Tensor], list[Tensor]], list[Tensor]]
 
 
@@ -77,6 +80,8 @@ class Estimate:
     gains: dict[int, float]
     """Per active group: the paper rule's condition gain (1 for the Newton rule)."""
     events: tuple[Event, ...] = ()
+    observations: int = 0
+    """The posterior observations it rests on."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,7 @@ class CycleEstimator:
         self.groups = [GroupCycle(active=True) for _ in self.params]
         self.tensors = [[TensorCycle() for _ in ps] for ps in self.params]
         self.phase, self.step_index, self.observed, self.switch = "prior", 0, 0, False
+        self.ritz_values: list[float] | None = None  # the top curvatures after the last observation
 
     # ------------------------------------------------------------------ public
 
@@ -169,6 +175,7 @@ class CycleEstimator:
         twin.tensors = [[t.copy() for t in ts] for ts in self.tensors]
         twin.phase, twin.step_index, twin.observed, twin.switch = (self.phase, self.step_index, self.observed,
                                                                    self.switch)
+        twin.ritz_values = self.ritz_values
         return twin
 
     def floats(self) -> int:
@@ -185,7 +192,7 @@ class CycleEstimator:
             if values:
                 tensors[index] = values
         return {"phase": self.phase, "step": self.step_index, "observed": self.observed, "switch": self.switch,
-                "groups": [g.as_dict() for g in self.groups], "tensors": tensors}
+                "groups": [g.as_dict() for g in self.groups], "tensors": tensors, "ritz_values": self.ritz_values}
 
     @classmethod
     def from_state_dict(cls, config: Config, arithmetic: Arithmetic, group_params: Sequence[Sequence[Tensor]],
@@ -194,6 +201,7 @@ class CycleEstimator:
         self = cls(config, arithmetic, group_params[: len(state["groups"])])
         self.phase, self.step_index = state["phase"], int(state["step"])
         self.observed, self.switch = int(state["observed"]), bool(state["switch"])
+        self.ritz_values = state.get("ritz_values")
         self.groups = [GroupCycle.from_dict(g, ps[0].device if ps else None)
                        for g, ps in zip(state["groups"], self.params, strict=True)]
         flat = [p for ps in self.params for p in ps]
@@ -370,20 +378,42 @@ class CycleEstimator:
         if building:
             checks += self._observe(groups, j, hvp)
         observed = j + 1
-        if building and observe == "next" and observed < K:
+        last = observed == K or (building and self.config.adaptive_observations and self._converged(observed))
+        if building and observe == "next" and not last:
             checks += self._form_directions(groups, observed)
-        elif observed == K:
+        elif last:
             checks += [p.grad.norm() for g in groups for p in g["params"] if p.grad is not None]
         reason = _all_finite(loss, checks)
         if reason is not None:
             return Outcome(restart=reason)
         self.step_index, self.observed = self.step_index + 1, observed
-        if observed < K:
+        if not last:
             return Outcome()
         if self.arithmetic.extra_switch_step:
             self.switch = True
             return Outcome()
         return Outcome(estimate=self._finish(groups))
+
+    def _converged(self, m: int) -> bool:
+        """Whether the top curvatures moved less than ``CONVERGED`` (relative) with the ``m``-th observation.
+
+        Then a further observation would not change the estimate beyond its noise (one host sync).
+        """
+        k = self.config.est_rank
+        if m < k:
+            return False
+        values = []
+        for i in self._posterior_groups():
+            gc = self.groups[i]
+            assert gc.gram_ss is not None and gc.gram_sy is not None
+            ritz = lowrank.ritz_coefficients(gc.gram_ss[:, :m, :m], gc.gram_sy[:, :m, :m], k)
+            values.append(torch.where(ritz.valid, ritz.eigvals, torch.full_like(ritz.eigvals, math.nan)))
+        current = torch.cat([v.reshape(-1) for v in values]).tolist() if values else []
+        previous, self.ritz_values = self.ritz_values, current
+        if previous is None or len(previous) != len(current):
+            return False
+        return all(abs(a - b) <= CONVERGED * abs(b) for a, b in zip(current, previous, strict=True)
+                   if not (math.isnan(a) and math.isnan(b)))
 
     def _observe(self, groups: Groups, j: int, hvp: HVP) -> list[Tensor]:
         """Observe direction ``j`` of every tensor on this minibatch (one product for all) and extend S Y'."""
@@ -473,14 +503,16 @@ class CycleEstimator:
         offsets = [0]
         for ps in self.params:
             offsets.append(offsets[-1] + len(ps))
+        m = self.observed  # the observations made (fewer than K when the estimate converged earlier)
         pending = []
         for i in self._posterior_groups():
             gc = self.groups[i]
             assert gc.gram_ss is not None and gc.gram_sy is not None
             uses_ritz = self.arithmetic.uses_ritz(self.config)
-            ritz = lowrank.ritz_coefficients(gc.gram_ss, gc.gram_sy, self.config.est_rank) if uses_ritz else None
+            ritz = (lowrank.ritz_coefficients(gc.gram_ss[:, :m, :m], gc.gram_sy[:, :m, :m], self.config.est_rank)
+                    if uses_ritz else None)
             for t, (p, tc) in enumerate(zip(self.params[i], self.tensors[i], strict=True)):
-                S, Y = tc.directions, tc.observations
+                S, Y = tc.directions[:m], tc.observations[:m]
                 if p.dtype not in (torch.float32, torch.float64):  # half precision: extract in float32
                     S, Y = [r.float() for r in S], [r.float() for r in Y]
                 pending.append((i, offsets[i] + t, p, self.arithmetic.extract(gc, S, Y, t, self.config, ritz)))
@@ -491,7 +523,7 @@ class CycleEstimator:
                               for *_, low in pending]).tolist()
         tensors, gains, events = self._tensor_estimates(pending, host)
         gains_by_group = {i: gains.get(i, 1.0) for i, gc in enumerate(self.groups) if gc.active}
-        return Estimate(tensors, gains_by_group, tuple(events))
+        return Estimate(tensors, gains_by_group, tuple(events), m)
 
     def _tensor_estimates(self, pending: list[tuple[int, int, Tensor, lowrank.LowRank]],
                           host: list[float]) -> tuple[dict[int, TensorEstimate], dict[int, float], list[Event]]:

@@ -26,6 +26,8 @@ class OptimizerLog:
         self.tensors: dict[int, tuple[tuple[float, ...], int]] = {}
         """Per parameter index: the valid estimated curvatures, and how many directions are rescaled."""
         self.hvp_count = 0
+        self.observations = 0
+        """The posterior observations of the last estimate."""
 
     def event(self, kind: str, message: str, cycle: int, phase: str, group: int | None = None) -> None:
         """Record a fallback, a restart, a skipped request, ..."""
@@ -43,6 +45,7 @@ class OptimizerLog:
             "noise": [None if pr is None else pr.noise for pr in priors],
             "noise_measured": [None if pr is None else pr.noise_measured for pr in priors],
             "hvp_count": self.hvp_count,
+            "observations": self.observations,
             "events": [dict(e) for e in self.events],
         }
 
@@ -52,7 +55,7 @@ class OptimizerLog:
                 "priors": [None if pr is None else pr.as_dict() for pr in self.priors],
                 "tensors": {i: {"eigenvalues": list(values), "preconditioned": count}
                             for i, (values, count) in self.tensors.items()},
-                "hvp_count": self.hvp_count}
+                "hvp_count": self.hvp_count, "observations": self.observations}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> OptimizerLog:
@@ -63,4 +66,5 @@ class OptimizerLog:
         log.tensors = {int(i): (tuple(entry["eigenvalues"]), int(entry["preconditioned"]))
                        for i, entry in state["tensors"].items()}
         log.hvp_count = int(state["hvp_count"])
+        log.observations = int(state.get("observations", 0))
         return log

@@ -132,6 +132,12 @@ class Preconditioner(Optimizer):
         keep_moving: from the second cycle on, keep updating with the previous
             estimate while a cycle gathers the next one (no idle minibatches).
             None (default): on, except in thesis mode.
+        adaptive_restarts: start a new cycle when the estimate is stale
+            (:mod:`probprec.schedule`), so the loop needs no :meth:`start_estimate`.
+            None (default): on, except in thesis mode.
+        adaptive_observations: end the posterior early once its top curvatures
+            stop moving (``num_observations`` is then the most). None (default): on,
+            except in thesis mode.
         inner_weight_decay: the inner optimizer's own weight decay (e.g. AdamW's
             decoupled decay), ``>= 0``; 0 unless given, whatever the inner class's default.
         **optim_hyperparams: further hyperparameters of the inner optimizer
@@ -171,6 +177,7 @@ class Preconditioner(Optimizer):
         safeguard: bool | None = None,
         keep_moving: bool | None = None,
         adaptive_restarts: bool | None = None,
+        adaptive_observations: bool | None = None,
         first_cycle_lr: float | None = None,
         inner_weight_decay: float = 0.0,
         **optim_hyperparams: Any,
@@ -181,7 +188,7 @@ class Preconditioner(Optimizer):
             observe=observe, orthogonalize=orthogonalize, noise_floor=noise_floor,
             restart_interval=restart_interval, build_preconditioner=build_preconditioner,
             apply_preconditioner=apply_preconditioner, mode=mode, safeguard=safeguard, keep_moving=keep_moving,
-            adaptive_restarts=adaptive_restarts)
+            adaptive_restarts=adaptive_restarts, adaptive_observations=adaptive_observations)
         defaults = own_defaults(weight_decay, inner_weight_decay, lr, first_cycle_lr)
         self.optim_class = check_inner_class(optim_class, Preconditioner)
         for reserved in RESERVED_KEYS:
@@ -313,6 +320,7 @@ class Preconditioner(Optimizer):
         first estimate); ``preconditioned`` (per tensor, the number of directions
         the preconditioner rescales); ``prior_mean``, ``prior_width``, ``noise``
         and ``noise_measured`` (per group, of the last prior); ``hvp_count``;
+        ``observations`` (the posterior observations of the last estimate);
         ``events`` (fallbacks and restarts, most recent last).
         """
         return {
@@ -558,6 +566,7 @@ class Preconditioner(Optimizer):
                 self.state[params[index]].update(eigvecs=tensor.eigvecs, eigvals=tensor.eigvals,
                                                  factors=tensor.factors)
         self._log.tensors = {i: (t.eigenvalues, t.preconditioned) for i, t in estimate.tensors.items()}
+        self._log.observations = estimate.observations
         for i, gain in estimate.gains.items():
             self._gains[i] = gain
         self._schedule.complete()

@@ -6,8 +6,9 @@
   and test, in eval mode, over every example; losses include the problem's L2 term;
 * the second-order training loop of :mod:`probprec`: ``backward(create_graph=...)``
   only when the optimizer asks, and a fresh estimate (``start_estimate()``) at the
-  start of every ``restart_every``-th epoch, or the optimizer's own policy
-  (``maybe_start_estimate()`` before every step) with ``restart="optimizer"``;
+  start of every ``restart_every``-th epoch (by default not for an optimizer with adaptive restarts,
+  which decides itself), or the optimizer's own policy (``maybe_start_estimate()`` before every step)
+  with ``restart="optimizer"``;
 * optimizers with ``train()``/``eval()`` modes (Schedule-Free) are put in ``train()`` before every training
   epoch and in ``eval()`` before every evaluation; the curvature peers get ``create_graph`` on the steps
   where they estimate (:mod:`probprec.bench.optimizer_protocol`);
@@ -466,7 +467,8 @@ class _Training:
             self._evaluation()
         for epoch in range(start_epoch, epochs):
             self.epoch = epoch
-            if self.second_order and epoch > 0 and isinstance(restart, int) and epoch % restart == 0:
+            scheduled = isinstance(restart, int) and epoch > 0 and epoch % restart == 0
+            if self.second_order and scheduled and not self._restarts_itself():
                 self.second_order.start_estimate()
             self._train_epoch(progress)
             if self.second_order:
@@ -480,6 +482,11 @@ class _Training:
             if epoch + 1 < epochs:
                 save_checkpoint(self.checkpoint, self.model, self.optimizer, record, epoch + 1, self.loader_generator)
                 pause_if_asked(epoch + 1, self.checkpoint)
+
+    def _restarts_itself(self) -> bool:
+        """Whether the default restart policy leaves the restarts to the optimizer (its adaptive restarts)."""
+        config = getattr(self.second_order, "config", None)
+        return self.config.restart == "default" and bool(getattr(config, "adaptive_restarts", False))
 
     def _finish(self) -> None:
         """The status of a run that trained its whole budget: ``completed``, or ``collapsed`` with the evidence."""

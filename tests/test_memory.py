@@ -16,11 +16,12 @@ warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_grap
 def floats_in(state_dict) -> int:
     """Floats in the optimizer's own part of a state dict (the inner optimizer's part excluded)."""
     own = {"state": state_dict["state"], "probprec": state_dict["probprec"]}
-    total, stack = 0, [own]
+    total, stack, seen = 0, [own], set()
     while stack:
         item = stack.pop()
         if torch.is_tensor(item):
-            total += item.numel()
+            total += 0 if item.data_ptr() in seen else item.numel()  # a tensor saved twice is stored once
+            seen.add(item.data_ptr())
         elif isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):

@@ -16,6 +16,7 @@ from torch import nn
 
 from helpers import classification_batches, cycle_rows, mlp, random_orthogonal
 from probprec import Preconditioner
+from probprec._checkpoint import FORMAT_0_BEHAVIOUR
 from probprec.thesis import FIXES, QUIRKS, quirks_for, thesis_factors, thesis_posterior
 
 warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
@@ -397,7 +398,7 @@ def train_mlp(steps=40, wd=0.01, **kwargs):
 
 @pytest.mark.parametrize("new", [False, True])  # mechanisms the 2019 class had not: off by default in thesis mode
 def test_every_fix_on_is_the_default_mode(new):
-    new_mechanisms = dict(safeguard=new, keep_moving=new, adaptive_restarts=new)
+    new_mechanisms = dict.fromkeys(FORMAT_0_BEHAVIOUR, new)
     default, logs_d, grads_d, _ = train_mlp(**new_mechanisms)
     thesis, logs_t, grads_t, opt = train_mlp(mode="thesis", fixes="all", **new_mechanisms)
     assert opt.config.fixes == tuple(sorted(FIXES))

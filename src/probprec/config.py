@@ -47,6 +47,8 @@ class Config:
     """Start a new cycle when the estimate is stale (:mod:`probprec.schedule`)."""
     adaptive_observations: bool = True
     """End the posterior before ``num_observations`` when its top curvatures stop changing."""
+    warm_start: bool = True
+    """Carry the previous estimate's directions and curvatures into the next (:mod:`probprec.warm_start`)."""
     quirks: frozenset[str] = frozenset()
     """The 2019 quirks left on (thesis mode); empty in the default mode."""
 
@@ -73,9 +75,9 @@ class Config:
         restart = options.get("restart_interval", cls.restart_interval)
         mode = check_choice("mode", options.get("mode", cls.mode), MODES)
         # the new mechanisms: None is on in the default mode, off in the 2019 class's
-        safeguard, keep_moving, adaptive_restarts, adaptive_observations = (
+        safeguard, keep_moving, adaptive_restarts, adaptive_observations, warm_start = (
             mode == "default" if options.get(key) is None else bool(options[key])
-            for key in ("safeguard", "keep_moving", "adaptive_restarts", "adaptive_observations"))
+            for key in ("safeguard", "keep_moving", "adaptive_restarts", "adaptive_observations", "warm_start"))
         return cls(
             est_rank=est_rank,
             num_observations=num_observations,
@@ -94,6 +96,7 @@ class Config:
             keep_moving=keep_moving,
             adaptive_restarts=adaptive_restarts,
             adaptive_observations=adaptive_observations,
+            warm_start=warm_start,
             quirks=_quirks(mode, fixes),
         )
 
@@ -117,7 +120,7 @@ class Config:
                 "build_preconditioner": self.build_preconditioner,
                 "apply_preconditioner": self.apply_preconditioner, "safeguard": self.safeguard,
                 "keep_moving": self.keep_moving, "adaptive_restarts": self.adaptive_restarts,
-                "adaptive_observations": self.adaptive_observations}
+                "adaptive_observations": self.adaptive_observations, "warm_start": self.warm_start}
 
 
 def _quirks(mode: str, fixes: Any) -> frozenset[str]:

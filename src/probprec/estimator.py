@@ -37,6 +37,7 @@ from .config import Config
 from .cycle_state import GroupCycle, PriorScalars, TensorCycle
 from .posterior import add_rows, combine_direction, direction_scale, row_dots
 from .prior import curvature_sums, estimate_prior, noise_sums
+from .warm_start import Memory, carried_direction, combine
 
 __all__ = ["CycleEstimator", "Estimate", "Event", "Outcome", "TensorEstimate"]
 
@@ -70,6 +71,8 @@ class TensorEstimate:
     """The valid estimated curvatures (for the log)."""
     preconditioned: int
     """How many directions the preconditioner rescales."""
+    weights: Tensor | None = None
+    """``(a,)``: how many cycles each curvature averages (:mod:`probprec.warm_start`)."""
 
 
 @dataclass(frozen=True)
@@ -133,10 +136,14 @@ class CycleEstimator:
         config: the optimizer's options, as the arithmetic runs them.
         arithmetic: the default or the 2019 arithmetic.
         group_params: the parameters of each group that takes part (the groups at the cycle's start).
+        memory: with warm starts, the previous estimate per parameter index (:mod:`probprec.warm_start`).
+        elapsed: the updates since the previous estimate.
     """
 
-    def __init__(self, config: Config, arithmetic: Arithmetic, group_params: Sequence[Sequence[Tensor]]) -> None:
+    def __init__(self, config: Config, arithmetic: Arithmetic, group_params: Sequence[Sequence[Tensor]],
+                 memory: dict[int, Memory] | None = None, elapsed: int = 0) -> None:
         self.config, self.arithmetic = config, arithmetic
+        self.memory, self.elapsed = dict(memory or {}), elapsed
         self.params = [list(ps) for ps in group_params]
         self.groups = [GroupCycle(active=True) for _ in self.params]
         self.tensors = [[TensorCycle() for _ in ps] for ps in self.params]
@@ -171,6 +178,7 @@ class CycleEstimator:
         """
         twin = CycleEstimator.__new__(CycleEstimator)
         twin.config, twin.arithmetic, twin.params = self.config, self.arithmetic, self.params
+        twin.memory, twin.elapsed = self.memory, self.elapsed
         twin.groups = [g.copy() for g in self.groups]
         twin.tensors = [[t.copy() for t in ts] for ts in self.tensors]
         twin.phase, twin.step_index, twin.observed, twin.switch = (self.phase, self.step_index, self.observed,
@@ -178,11 +186,11 @@ class CycleEstimator:
         twin.ritz_values = self.ritz_values
         return twin
 
-    def floats(self) -> int:
-        """Number of floats the cycle holds."""
+    def tensors_held(self) -> list[Tensor]:
+        """Every tensor the cycle holds (its buffers, the Gram matrices, the previous estimate it starts from)."""
         tensors = [t for ts in self.tensors for tc in ts for t in tc.tensors()]
         tensors += [t for g in self.groups for t in g.tensors()]
-        return sum(t.numel() for t in tensors)
+        return tensors + [t for m in self.memory.values() for t in (m.directions, m.values, m.weights)]
 
     def state_dict(self) -> dict[str, Any]:
         """The cycle's state, tensors by global parameter index (the optimizer's ``param_groups`` order)."""
@@ -192,7 +200,10 @@ class CycleEstimator:
             if values:
                 tensors[index] = values
         return {"phase": self.phase, "step": self.step_index, "observed": self.observed, "switch": self.switch,
-                "groups": [g.as_dict() for g in self.groups], "tensors": tensors, "ritz_values": self.ritz_values}
+                "groups": [g.as_dict() for g in self.groups], "tensors": tensors, "ritz_values": self.ritz_values,
+                "elapsed": self.elapsed,
+                "memory": {i: {"directions": m.directions, "values": m.values, "weights": m.weights}
+                           for i, m in self.memory.items()}}
 
     @classmethod
     def from_state_dict(cls, config: Config, arithmetic: Arithmetic, group_params: Sequence[Sequence[Tensor]],
@@ -202,6 +213,12 @@ class CycleEstimator:
         self.phase, self.step_index = state["phase"], int(state["step"])
         self.observed, self.switch = int(state["observed"]), bool(state["switch"])
         self.ritz_values = state.get("ritz_values")
+        self.elapsed = int(state.get("elapsed", 0))
+        flat_params = [p for ps in group_params for p in ps]
+        self.memory = {int(i): Memory(m["directions"].to(flat_params[int(i)].device),
+                                      m["values"].to(flat_params[int(i)].device),
+                                      m["weights"].to(flat_params[int(i)].device))
+                       for i, m in state.get("memory", {}).items()}
         self.groups = [GroupCycle.from_dict(g, ps[0].device if ps else None)
                        for g, ps in zip(state["groups"], self.params, strict=True)]
         flat = [p for ps in self.params for p in ps]
@@ -467,11 +484,15 @@ class CycleEstimator:
         return checks
 
     def _directions(self, index: int, j: int, grads: list[Tensor | None], Sg: Tensor) -> list[Tensor]:
-        """The new direction of each tensor of group ``index``, orthogonalised and rescaled as configured."""
+        """The new direction of each tensor of group ``index``, orthogonalised and rescaled as configured.
+
+        With warm starts, a previous top direction replaces the active one (at its length).
+        """
         gc, orthogonalize = self.groups[index], self.config.orthogonalize
         assert gc.gram_ss is not None
         small = gc.gram_ss.dtype
         coef, mean, projected = self.arithmetic.coefficients(gc, j, Sg, orthogonalize)
+        first = sum(len(ps) for ps in self.params[:index])
         directions, norms = [], []
         for t, (p, tc, g) in enumerate(zip(self.params[index], self.tensors[index], grads, strict=True)):
             if g is None:
@@ -479,13 +500,12 @@ class CycleEstimator:
             else:
                 s = combine_direction(g, tc.directions[:j], tc.observations[:j], mean,
                                       (coef.observations[t], coef.directions[t]))
-                if orthogonalize and not projected:  # coefficients that do not project: project numerically
-                    rows = tc.directions[:j]
-                    sq = torch.stack([dot(r, r) for r in rows])
-                    before = torch.linalg.vector_norm(s, dtype=small) ** 2
-                    add_rows(s, rows, -row_dots(rows, s) / torch.where(sq > 0, sq, torch.ones_like(sq)))
-                    after = torch.linalg.vector_norm(s, dtype=small) ** 2
-                    coef.projected_sqnorm[t] = (before - after).clamp_min(0)
+                carried = (carried_direction(self.memory.get(first + t), j)
+                           if j <= self.config.num_observations - 2 else None)  # keep one active direction
+                if carried is not None:  # the previous top direction, at the length of the active one
+                    s = carried.to(s.dtype) * (torch.linalg.vector_norm(s) / torch.linalg.vector_norm(carried))
+                if orthogonalize and (not projected or carried is not None):  # project numerically
+                    coef.projected_sqnorm[t] = self._project(s, tc.directions[:j], small)
             directions.append(s)
             norms.append(torch.linalg.vector_norm(s, dtype=small))
         if orthogonalize:
@@ -495,6 +515,18 @@ class CycleEstimator:
                 s.mul_(scale[t].to(s.dtype))
             gc.gram_ss[:, j, j] = (norm * scale) ** 2  # orthogonal to the earlier directions
         return directions
+
+    @staticmethod
+    def _project(s: Tensor, rows: Sequence[Tensor], small: torch.dtype) -> Tensor:
+        """Remove from ``s`` (in place) its components along the mutually orthogonal ``rows``.
+
+        Returns the squared norm removed.
+        """
+        sq = torch.stack([dot(r, r) for r in rows])
+        before = torch.linalg.vector_norm(s, dtype=small) ** 2
+        add_rows(s, rows, -row_dots(rows, s) / torch.where(sq > 0, sq, torch.ones_like(sq)))
+        after = torch.linalg.vector_norm(s, dtype=small) ** 2
+        return (before - after).clamp_min(0)
 
     # -------------------------------------------------------------- extraction
 
@@ -535,11 +567,13 @@ class CycleEstimator:
             k = low.eigvals.numel()
             eigvals, valid = host[offset:offset + k], [bool(v) for v in host[offset + k:offset + 2 * k]]
             offset += 2 * k
-            kept = tuple(e for e, v in zip(eigvals, valid, strict=True) if v)
-            if not all(math.isfinite(e) for e in kept):
+            if not all(math.isfinite(e) for e, v in zip(eigvals, valid, strict=True) if v):
                 events.append(Event("fallback", "non-finite low-rank estimate; tensor not preconditioned", i))
                 tensors[index] = TensorEstimate(None, None, None, (), 0)
                 continue
+            eigvals, weights = combine(eigvals, valid, low.eigvecs[: len(eigvals)], self.memory.get(index),
+                                       self.elapsed)
+            kept = tuple(e for e, v in zip(eigvals, valid, strict=True) if v)
             prior = self.groups[i].prior
             assert prior is not None
             factors, gain = self.arithmetic.factors(torch.tensor(eigvals, dtype=torch.float64),
@@ -550,10 +584,11 @@ class CycleEstimator:
             num_valid = sum(valid)
             num_active = max((j + 1 for j, f in enumerate(factors.tolist()[:num_valid]) if f != 0.0), default=0)
             if self.config.apply_preconditioner and num_valid:
-                tensors[index] = TensorEstimate(low.eigvecs[:num_valid].to(p.dtype).contiguous(),
-                                                low.eigvals[:num_valid].to(dtype=p.dtype, device=p.device),
-                                                factors[:num_active].to(dtype=p.dtype, device=p.device),
-                                                kept, num_active)
+                tensors[index] = TensorEstimate(
+                    low.eigvecs[:num_valid].to(p.dtype).contiguous(),
+                    torch.tensor(eigvals[:num_valid], dtype=p.dtype, device=p.device),
+                    factors[:num_active].to(dtype=p.dtype, device=p.device), kept, num_active,
+                    torch.tensor(weights[:num_valid], dtype=p.dtype, device=p.device))
             else:
                 tensors[index] = TensorEstimate(None, None, None, kept, 0)
         return tensors, gains, events

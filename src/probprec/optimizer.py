@@ -30,10 +30,11 @@ from .log import OptimizerLog
 from .precondition import precondition
 from .safeguard import LIMIT, Safeguard
 from .schedule import MAX_AGE, CycleSchedule, is_stale
+from .warm_start import Memory
 
 __all__ = ["Preconditioner"]
 
-_ESTIMATE_KEYS = ("eigvecs", "eigvals", "factors")  # per-parameter state: the preconditioner in use
+_ESTIMATE_KEYS = ("eigvecs", "eigvals", "factors", "weights")  # per-parameter state: the estimate in use
 
 
 def _first_tensor(groups: list[Any]) -> Tensor | None:
@@ -138,6 +139,9 @@ class Preconditioner(Optimizer):
         adaptive_observations: end the posterior early once its top curvatures
             stop moving (``num_observations`` is then the most). None (default): on,
             except in thesis mode.
+        warm_start: carry the previous estimate's top directions and curvatures
+            into the next cycle (:mod:`probprec.warm_start`). None (default): on,
+            except in thesis mode.
         inner_weight_decay: the inner optimizer's own weight decay (e.g. AdamW's
             decoupled decay), ``>= 0``; 0 unless given, whatever the inner class's default.
         **optim_hyperparams: further hyperparameters of the inner optimizer
@@ -178,6 +182,7 @@ class Preconditioner(Optimizer):
         keep_moving: bool | None = None,
         adaptive_restarts: bool | None = None,
         adaptive_observations: bool | None = None,
+        warm_start: bool | None = None,
         first_cycle_lr: float | None = None,
         inner_weight_decay: float = 0.0,
         **optim_hyperparams: Any,
@@ -188,7 +193,8 @@ class Preconditioner(Optimizer):
             observe=observe, orthogonalize=orthogonalize, noise_floor=noise_floor,
             restart_interval=restart_interval, build_preconditioner=build_preconditioner,
             apply_preconditioner=apply_preconditioner, mode=mode, safeguard=safeguard, keep_moving=keep_moving,
-            adaptive_restarts=adaptive_restarts, adaptive_observations=adaptive_observations)
+            adaptive_restarts=adaptive_restarts, adaptive_observations=adaptive_observations,
+            warm_start=warm_start)
         defaults = own_defaults(weight_decay, inner_weight_decay, lr, first_cycle_lr)
         self.optim_class = check_inner_class(optim_class, Preconditioner)
         for reserved in RESERVED_KEYS:
@@ -368,8 +374,9 @@ class Preconditioner(Optimizer):
 
     def state_floats(self) -> int:
         """Number of floats the optimizer holds for its estimate, the inner optimizer's state excluded."""
-        held = sum(t.numel() for state in self.state.values() for t in state.values() if torch.is_tensor(t))
-        return held + (0 if self._estimator is None else self._estimator.floats())
+        tensors = [t for state in self.state.values() for t in state.values() if torch.is_tensor(t)]
+        tensors += [] if self._estimator is None else self._estimator.tensors_held()
+        return sum(t.numel() for t in {id(t): t for t in tensors}.values())  # a tensor held twice counts once
 
     # ------------------------------------------------------------ state dict
 
@@ -564,7 +571,7 @@ class Preconditioner(Optimizer):
         for index, tensor in estimate.tensors.items():
             if tensor.eigvecs is not None:
                 self.state[params[index]].update(eigvecs=tensor.eigvecs, eigvals=tensor.eigvals,
-                                                 factors=tensor.factors)
+                                                 factors=tensor.factors, weights=tensor.weights)  # p's dtype
         self._log.tensors = {i: (t.eigenvalues, t.preconditioned) for i, t in estimate.tensors.items()}
         self._log.observations = estimate.observations
         for i, gain in estimate.gains.items():
@@ -593,9 +600,11 @@ class Preconditioner(Optimizer):
 
     def _begin_cycle(self) -> None:
         """Start gathering a new estimate (the preconditioner is kept only to keep moving with it)."""
+        memory = self._memory() if self.config.warm_start else None
         if not self.config.keep_moving:
             self._discard_estimate()
-        self._estimator = CycleEstimator(self.config, self.arithmetic, [g["params"] for g in self.param_groups])
+        self._estimator = CycleEstimator(self.config, self.arithmetic, [g["params"] for g in self.param_groups],
+                                         memory, self._schedule.optimize_steps)
         self._plan = None
         self._schedule.begin()
 
@@ -607,6 +616,15 @@ class Preconditioner(Optimizer):
         if reason is not None:
             self._begin_cycle()
             self._event("restart", f"stale estimate: {reason}")
+
+    def _memory(self) -> dict[int, Memory]:
+        """The estimate in use, per parameter index, for the next cycle's warm start."""
+        memory = {}
+        for index, p in enumerate(self._all_params()):
+            state = self.state.get(p, {})
+            if state.get("eigvecs") is not None and state.get("weights") is not None:
+                memory[index] = Memory(state["eigvecs"], state["eigvals"].double(), state["weights"])
+        return memory
 
     def _discard_estimate(self) -> None:
         for p in self._all_params():

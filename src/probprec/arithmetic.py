@@ -42,7 +42,13 @@ from . import lowrank
 from ._precision import dot
 from .config import Config
 from .cycle_state import GroupCycle, TensorCycle
-from .posterior import DirectionCoefficients, direction_coefficients, posterior_factors, posterior_system
+from .posterior import (
+    DirectionCoefficients,
+    PosteriorSystem,
+    direction_coefficients,
+    posterior_factors,
+    posterior_system,
+)
 from .precondition import condition_gain, newton_factors, paper_factors
 from .prior import PriorEstimate
 from .thesis import (
@@ -145,7 +151,7 @@ class Arithmetic:
         return config.extraction == "ritz"
 
     @staticmethod
-    def _tensor_system(group: GroupCycle, t: int, m: int):
+    def _tensor_system(group: GroupCycle, t: int, m: int) -> PosteriorSystem:
         assert group.prior is not None
         system = group.system(m)
         noise = torch.tensor(group.prior.noise, dtype=system.M.dtype, device=system.M.device)

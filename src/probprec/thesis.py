@@ -47,6 +47,7 @@ through its hooks.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -121,7 +122,7 @@ FIXES: dict[str, str] = {fix: quirk for quirk, (fix, _) in QUIRKS.items()}
 """Fix name -> the quirk it removes."""
 
 
-def quirks_for(fixes) -> frozenset[str]:
+def quirks_for(fixes: str | Iterable[str]) -> frozenset[str]:
     """The quirks left in thesis mode after applying ``fixes`` (names, or ``"all"``).
 
     Raises:

@@ -63,7 +63,8 @@ def test_the_smoke_scale_tunes_the_baselines_and_reports_the_contest(smoke):
     others = table[table["optimizer"] != "SGD"]
     assert (others[["win", "tie", "loss"]].sum(axis=1) == 2).all(), "an outcome on each of the two problems"
     assert table["profile_score"].between(0, 1).all()
-    assert "performance_profile" in {p.stem for p in result.report.figures}
+    assert {"performance_profile", "contest"} <= {p.stem for p in result.report.figures}
+    assert {"win", "tie", "loss"} <= set(result.report.figure_summaries["contest"].texts), "the legend's outcomes"
 
 
 def made_up_results(values: dict[tuple[str, int], tuple[str, float, float]]) -> Results:

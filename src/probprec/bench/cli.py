@@ -201,7 +201,8 @@ def _list() -> None:
               f"{data:<9} {cls.description}")
     print("\noptimizers (name, defaults; tuned learning rates per problem where known):")
     for name, spec in OPTIMIZERS.items():
-        defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items()) or "lr estimated"
+        defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items()) or (
+            "lr estimated" if spec.second_order else "its package's defaults")
         if name.startswith("PreconditionedTuned"):
             defaults = "lr required unless tuned"
         tuned = f"; tuned lr for {', '.join(spec.tuned_lr)}" if spec.tuned_lr else ""

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # matplotlib loads when a figure is drawn
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["PANEL_METRICS", "FigureSummary", "colors_for", "grid_figure", "optimizer_state_figure",
+__all__ = ["PANEL_METRICS", "FigureSummary", "colors_for", "contest_figure", "grid_figure", "optimizer_state_figure",
            "performance_figure", "profile_figure", "runtime_figure", "save_figure", "sensitivity_figure", "summarize"]
 
 PANEL_METRICS = ("test_loss", "train_loss", "test_accuracy", "train_accuracy")
@@ -401,4 +401,41 @@ def profile_figure(profile: pd.DataFrame, optimizers: Sequence[str], what: str =
         ax.set_ylabel("fraction of problems")
         ax.set_ylim(-0.02, 1.02)
         ax.legend(frameon=False)
+    return fig
+
+
+OUTCOME_COLORS = {"loss": "#d6604d", "tie": "#bababa", "win": "#4393c3"}
+"""The colours of the contest figure's cells (red, grey, blue: distinguishable without red-green vision)."""
+
+
+def contest_figure(per_problem: pd.DataFrame, problems: Sequence[str], optimizers: Sequence[str],
+                   baseline: str) -> Figure:
+    """Each optimizer (rows) against the baseline on each problem (columns): win, tie or loss.
+
+    ``per_problem`` is the contest's table (:func:`~.contest.versus`); a cell names its collapsed (``c``) and
+    diverged (``d``) seeds.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    rows = [o for o in optimizers if o != baseline and o in set(per_problem["optimizer"])]
+    columns = [p for p in problems if p in set(per_problem["problem"])]
+    codes = {name: i for i, name in enumerate(OUTCOME_COLORS)}
+    grid = np.full((len(rows), len(columns)), np.nan)
+    with _style() as plt:
+        fig, ax = plt.subplots(figsize=(1.8 + 0.28 * len(columns), 0.9 + 0.24 * len(rows)))
+        for record in per_problem.to_dict("records"):
+            if record["optimizer"] in rows and record["problem"] in columns:
+                i, j = rows.index(str(record["optimizer"])), columns.index(str(record["problem"]))
+                grid[i, j] = codes.get(str(record["versus"]), np.nan)
+                marks = "".join(f"{n}{k}" for n, k in ((record["collapsed"], "c"), (record["diverged"], "d")) if n)
+                ax.text(j, i, marks, ha="center", va="center", fontsize=5)
+        ax.imshow(grid, cmap=ListedColormap(list(OUTCOME_COLORS.values())), vmin=-0.5, vmax=len(codes) - 0.5,
+                  aspect="auto", interpolation="nearest")
+        ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(rows)), rows, fontsize=6)
+        ax.grid(False)
+        ax.set_title(f"against {baseline}", fontsize=7)
+        ax.legend(handles=[Patch(color=color, label=name) for name, color in OUTCOME_COLORS.items()], frameon=False,
+                  loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=6)
     return fig

@@ -302,6 +302,11 @@ def _figures(draw: _Drawn, analysis: Analysis, options: ReportOptions) -> list[s
     _grid(draw, analysis, options, colors)
     _sensitivity(draw, analysis, options, colors)
     _profiles(draw, analysis, colors)
+    if analysis.contest is not None:
+        held = analysis.contest
+        draw(figures.contest_figure(held.per_problem, analysis.problems, analysis.optimizers, held.baseline),
+             "contest", f"Each optimizer against {held.baseline} per problem (the rules: the contest section); a "
+             "cell counts the seeds that collapsed (c) and diverged (d).")
     return notes
 
 

@@ -1,7 +1,7 @@
 """The embedded demo: PreconditionedSGD and SGD side by side on scikit-learn's 8x8 digits.
 
-No download: the data set ships with scikit-learn. Each epoch starts a fresh
-estimate (the thesis's schedule); the per-epoch table shows the training loss,
+No download: the data set ships with scikit-learn. PreconditionedSGD decides
+itself when to estimate again (its adaptive restarts); the per-epoch table shows the training loss,
 the test accuracy and the step size PreconditionedSGD estimated. Training uses
 the thread count of :func:`probprec.bench.threads.threads_per_process`.
 """
@@ -81,8 +81,6 @@ def train(name: str, epochs: int, batch_size: int, seed: int, data: DigitSplits)
     gen = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         start = time.perf_counter()
-        if epoch and isinstance(opt, PreconditionedSGD):
-            opt.start_estimate()
         perm = torch.randperm(len(y_train), generator=gen)
         losses = []
         for i in range(0, len(perm) - batch_size + 1, batch_size):

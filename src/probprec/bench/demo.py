@@ -79,7 +79,7 @@ def train(name: str, epochs: int, batch_size: int, seed: int, data: DigitSplits)
         opt = PreconditionedSGD(model.parameters())
     result = DemoResult(name)
     gen = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
+    for _ in range(epochs):
         start = time.perf_counter()
         perm = torch.randperm(len(y_train), generator=gen)
         losses = []

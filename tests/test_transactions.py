@@ -76,20 +76,24 @@ def test_a_step_without_graph_changes_nothing(at):
 @pytest.mark.parametrize("observe", ["next", "same"])
 def test_a_failing_hessian_vector_product_changes_nothing(observe, monkeypatch):
     """Any error inside the Hessian-vector product (here: injected) leaves no trace."""
-    import probprec.optimizer as module
+    import probprec.check_step
+    import probprec.optimizer
 
+    modules = (probprec.optimizer, probprec.check_step)  # estimation steps, check steps
     batches = classification_batches(P + K + 4, seed=2)
     make = lambda m: PreconditionedSGD(m.parameters(), observe=observe, **KW)  # noqa: E731
     (ma, oa), (mb, ob) = twins(make)
-    real = module.hessian_vector_product
+    real = probprec.optimizer.hessian_vector_product
     for t, batch in enumerate(batches):
         if oa.create_graph:
-            monkeypatch.setattr(module, "hessian_vector_product", _raise_memory_error)
+            for module in modules:
+                monkeypatch.setattr(module, "hessian_vector_product", _raise_memory_error)
             before = frozen_state(oa)
             with pytest.raises(MemoryError):
                 good_step(ma, oa, batch)
             assert_same_state(before, oa.state_dict())
-            monkeypatch.setattr(module, "hessian_vector_product", real)
+            for module in modules:
+                monkeypatch.setattr(module, "hessian_vector_product", real)
         good_step(ma, oa, batch)
         good_step(mb, ob, batch)
         assert_twins_agree((ma, oa), (mb, ob)), t

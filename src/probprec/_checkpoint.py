@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .config import MECHANISMS
 from .cycle_state import GroupCycle, TensorCycle
 
 __all__ = ["VERSION", "Expected", "check_state_dict", "upgrade"]
@@ -37,8 +38,7 @@ _ESTIMATE_KEYS = ("eigvecs", "eigvals", "factors", "weights")
 _ROW_KEYS = ("directions", "observations")
 _SCHEDULE_INTS = ("cycle", "optimize_steps", "failures", "cycles_completed")
 _PRIOR_KEYS = ("step_size", "mean", "width", "noise", "noise_measured")
-FORMAT_0_BEHAVIOUR = {"safeguard": False, "keep_moving": False, "adaptive_restarts": False,
-                      "adaptive_observations": False, "warm_start": False}
+FORMAT_0_BEHAVIOUR = dict.fromkeys(MECHANISMS, False)
 """The options added since format 0, at the values that reproduce the code that wrote it."""
 
 

@@ -17,7 +17,7 @@ are copied to the inner group. Two keys differ:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +25,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._validation import check_float, check_parameters
+from ._validation import check_float, check_parameters, group_list
 
-__all__ = ["INNER_WEIGHT_DECAY", "RESERVED_KEYS", "InnerSpec", "check_new_group", "own_defaults"]
+__all__ = ["INNER_WEIGHT_DECAY", "RESERVED_KEYS", "InnerSpec", "check_new_group", "normalized_groups",
+           "own_defaults"]
 
 INNER_WEIGHT_DECAY = "inner_weight_decay"
 """The group key of the inner optimizer's own weight decay."""
@@ -97,13 +98,20 @@ class InnerSpec:
 
     @classmethod
     def probe(cls, optim_class: type[Optimizer], hyperparams: Mapping[str, Any],
-              like: Tensor | None) -> tuple[InnerSpec, dict[str, Any]]:
-        """Build the inner class once on a one-element tensor; return the spec and its defaults.
+              groups: list[Any]) -> tuple[InnerSpec, dict[str, Any]]:
+        """Build the inner class once on a one-element tensor like the first of ``groups``.
+
+        Returns:
+            The spec and the inner class's defaults for the mirrored keys.
 
         Raises:
-            ValueError: if the inner class rejects ``hyperparams`` (its own message, with the values).
+            ValueError: if ``hyperparams`` holds a key the Preconditioner reserves, or the inner class
+                rejects them (its own message, with the values).
         """
-        defaults = _construct(optim_class, hyperparams, like, "").defaults
+        for reserved in RESERVED_KEYS:
+            if reserved in hyperparams:
+                raise ValueError(f"{reserved} is not a hyperparameter of the inner optimizer")
+        defaults = _construct(optim_class, hyperparams, _first_tensor(groups), "").defaults
         keys = tuple(k for k in defaults if k not in ("lr", "weight_decay"))
         spec = cls(optim_class, keys, "weight_decay" in defaults)
         return spec, {k: defaults[k] for k in keys}
@@ -144,6 +152,24 @@ class InnerSpec:
             inner_group[key] = group[key]
         if self.has_weight_decay:
             inner_group["weight_decay"] = group[INNER_WEIGHT_DECAY]
+
+
+def _first_tensor(groups: list[Any]) -> Tensor | None:
+    for item in groups:
+        params = item.get("params", []) if isinstance(item, dict) else [item]
+        for p in params:
+            p = p[1] if isinstance(p, tuple) else p
+            if isinstance(p, Tensor):
+                return p
+    return None
+
+
+def normalized_groups(params: Iterable[Tensor] | Iterable[dict[str, Any]]) -> list[Any]:
+    """The ``params`` argument as a list: of tensors, or of groups whose ``params`` are lists."""
+    groups: list[Any] = list(params)
+    if groups and isinstance(groups[0], dict):
+        groups = [{**g, "params": group_list(g.get("params", ()))} for g in groups]
+    return groups
 
 
 def _constructor_arguments(optim_class: type[Optimizer], values: Mapping[str, Any]) -> dict[str, Any]:

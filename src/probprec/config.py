@@ -14,12 +14,14 @@ from typing import Any
 from ._validation import check_choice, check_float, check_int
 from .thesis import FIXES, quirks_for
 
-__all__ = ["EXTRACTIONS", "MODES", "OBSERVATIONS", "STEP_RULES", "Config"]
+__all__ = ["EXTRACTIONS", "MECHANISMS", "MODES", "OBSERVATIONS", "STEP_RULES", "Config"]
 
 STEP_RULES = ("newton", "paper")
 EXTRACTIONS = ("ritz", "posterior")
 OBSERVATIONS = ("next", "same")
 MODES = ("default", "thesis")
+MECHANISMS = ("safeguard", "keep_moving", "adaptive_restarts", "adaptive_observations", "warm_start")
+"""The options of the default mode's mechanisms: each on in the default mode, off in the thesis mode."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,7 @@ class Config:
         mode = check_choice("mode", options.get("mode", cls.mode), MODES)
         # the new mechanisms: None is on in the default mode, off in the 2019 class's
         safeguard, keep_moving, adaptive_restarts, adaptive_observations, warm_start = (
-            mode == "default" if options.get(key) is None else bool(options[key])
-            for key in ("safeguard", "keep_moving", "adaptive_restarts", "adaptive_observations", "warm_start"))
+            mode == "default" if options.get(key) is None else bool(options[key]) for key in MECHANISMS)
         return cls(
             est_rank=est_rank,
             num_observations=num_observations,

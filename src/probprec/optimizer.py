@@ -19,10 +19,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _checkpoint, _loss_scale
-from ._groups import INNER_WEIGHT_DECAY, RESERVED_KEYS, InnerSpec, check_new_group, own_defaults
-from ._precision import dot
+from ._groups import INNER_WEIGHT_DECAY, InnerSpec, check_new_group, normalized_groups, own_defaults
 from ._validation import check_float, check_inner_class, check_memory, group_list
 from .arithmetic import arithmetic_for
+from .check_step import step_ratio, tracked_choice, tracked_curvature
 from .config import Config
 from .estimator import CycleEstimator, Estimate, Outcome
 from .hvp import has_graph, hessian_vector_product
@@ -35,16 +35,6 @@ from .warm_start import Memory
 __all__ = ["Preconditioner"]
 
 _ESTIMATE_KEYS = ("eigvecs", "eigvals", "factors", "weights")  # per-parameter state: the estimate in use
-
-
-def _first_tensor(groups: list[Any]) -> Tensor | None:
-    for item in groups:
-        params = item.get("params", []) if isinstance(item, dict) else [item]
-        for p in params:
-            p = p[1] if isinstance(p, tuple) else p
-            if isinstance(p, Tensor):
-                return p
-    return None
 
 
 class Preconditioner(Optimizer):
@@ -197,17 +187,21 @@ class Preconditioner(Optimizer):
             warm_start=warm_start)
         defaults = own_defaults(weight_decay, inner_weight_decay, lr, first_cycle_lr)
         self.optim_class = check_inner_class(optim_class, Preconditioner)
-        for reserved in RESERVED_KEYS:
-            if reserved in optim_hyperparams:
-                raise ValueError(f"{reserved} is not a hyperparameter of the inner optimizer")
         self.arithmetic = arithmetic_for(config)
         self.config = self.arithmetic.configure(config)
-        groups: list[Any] = list(params)
-        if groups and isinstance(groups[0], dict):
-            groups = [{**g, "params": group_list(g.get("params", ()))} for g in groups]
-        self._inner_spec, inner_defaults = InnerSpec.probe(self.optim_class, optim_hyperparams,
-                                                           _first_tensor(groups))
+        groups = normalized_groups(params)
+        self._inner_spec, inner_defaults = InnerSpec.probe(self.optim_class, optim_hyperparams, groups)
         self._inner: Optimizer | None = None
+        self._init_control()
+        super().__init__(groups, {**defaults, **inner_defaults})
+        check_memory(self._all_params(), self.config.num_observations, self.config.est_rank)
+        spec = self._inner_spec
+        self._inner = self.optim_class([spec.inner_group(g) for g in self.param_groups],
+                                       **{k: v for k, v in optim_hyperparams.items() if k in spec.keys})
+        self._begin_cycle()
+
+    def _init_control(self) -> None:
+        """The optimizer's own state besides the groups and ``self.state`` (see ``_OWN_ATTRIBUTES``)."""
         self._plan: list[list[tuple[Tensor, Tensor | None, Tensor | None]]] | None = None
         self._schedule = CycleSchedule()
         self._estimator: CycleEstimator | None = None
@@ -217,12 +211,6 @@ class Preconditioner(Optimizer):
         self._warned: set[str] = set()
         self._stale: str | None = None  # during an update: why the estimate is stale (a restart follows)
         self._products: list[tuple[Tensor, Tensor]] = []
-        super().__init__(groups, {**defaults, **inner_defaults})
-        check_memory(self._all_params(), self.config.num_observations, self.config.est_rank)
-        spec = self._inner_spec
-        self._inner = self.optim_class([spec.inner_group(g) for g in self.param_groups],
-                                       **{k: v for k, v in optim_hyperparams.items() if k in spec.keys})
-        self._begin_cycle()
 
     # ------------------------------------------------------------------ groups
 
@@ -577,26 +565,14 @@ class Preconditioner(Optimizer):
         for i, gain in estimate.gains.items():
             self._gains[i] = gain
         self._schedule.complete()
-        self._schedule.tracked = self._tracked_choice(estimate)
+        group_of = [i for i, g in enumerate(self.param_groups) for _ in g["params"]]
+        self._schedule.tracked = tracked_choice(estimate, self._log.priors, group_of)
         self._safeguard.restart()
         self._plan = None
         assert self._inner is not None
         self.arithmetic.after_cycle(self._inner)
         self._estimator = None
         self._optimize_no_grad()
-
-    def _tracked_choice(self, estimate: Estimate) -> tuple[int, float | None, float] | None:
-        """The direction adaptive restarts watch: the top one, most curved relative to its group's prior."""
-        best: tuple[float, int, float, float] | None = None
-        group_of = [i for i, g in enumerate(self.param_groups) for _ in g["params"]]
-        for index, tensor in estimate.tensors.items():
-            prior = self._log.priors[group_of[index]]
-            if tensor.eigvecs is None or not tensor.eigenvalues or prior is None:
-                continue
-            score = tensor.eigenvalues[0] / prior.mean
-            if best is None or score > best[0]:
-                best = (score, index, tensor.eigenvalues[0], prior.noise)
-        return None if best is None else (best[1], None, best[3])
 
     def _begin_cycle(self) -> None:
         """Start gathering a new estimate (the preconditioner is kept only to keep moving with it)."""
@@ -726,61 +702,31 @@ class Preconditioner(Optimizer):
         return lrs
 
     def _check_update(self, inner: Optimizer, lrs: list[float | None], originals: dict[Tensor, Tensor | None]) -> None:
-        """A check step: cut the step sizes if the update overshoots; note if the estimate is stale."""
+        """A check step (:mod:`probprec.check_step`): cut the step sizes if the update overshoots.
+
+        With adaptive restarts, also note whether the estimate is stale.
+        """
         tracked = self._schedule.tracked if self.config.adaptive_restarts else None
-        ratio = self._step_ratio(lrs, originals, retain_graph=tracked is not None)
+        ratio = step_ratio(self.param_groups, lrs, originals, self._graph_scale, retain_graph=tracked is not None)
+        self._log.hvp_count += ratio is not None
         cut = self._safeguard.observe(ratio, self._schedule.optimize_steps + 1, cut_allowed=self.config.safeguard)
         if cut < 1.0:
             self._event("cut", f"step ratio {ratio:.3g} > {LIMIT}: step sizes cut by {cut:.3g}")
             for index, (group, inner_group) in enumerate(zip(self.param_groups, inner.param_groups, strict=True)):
                 if group["adaptive_lr"] and lrs[index] is not None:
                     inner_group["lr"] = self._effective_lr(index)
-        if tracked is not None:
-            index, reference, noise = tracked
-            observed = self._tracked_curvature(index, originals)
-            if observed is not None and reference is None:
-                self._schedule.tracked = (index, observed, noise)  # the first check gives the reference
-            elif observed is not None and reference is not None and is_stale(observed, reference, noise):
-                self._stale = f"the curvature along the tracked direction is {observed:.3g}, was {reference:.3g}"
-
-    def _step_ratio(self, lrs: list[float | None], originals: dict[Tensor, Tensor | None],
-                    retain_graph: bool) -> float | None:
-        r"""The step ratio :math:`r = \Delta^\top B \Delta / G^\top \Delta` of this update (one product)."""
-        params, grads, steps, slopes, decay = [], [], [], [], []
-        for group, lr in zip(self.param_groups, lrs, strict=True):
-            if lr is None or not group["adaptive_lr"]:
-                continue
-            for p in group["params"]:
-                graph = originals.get(p, p.grad)
-                if p.grad is None or graph is None or not has_graph(graph):
-                    continue
-                step = p.grad.reshape(-1) * lr  # P G, times the rate
-                objective = graph.detach().reshape(-1) + group["weight_decay"] * p.detach().reshape(-1)
-                params.append(p)
-                grads.append(graph)
-                steps.append(step)
-                slopes.append(dot(objective, step))
-                decay.append(group["weight_decay"] * dot(step, step))
-        if not params:
-            return None
-        vectors = [s.view_as(p) for s, p in zip(steps, params, strict=True)]
-        products = hessian_vector_product(params, grads, vectors, retain_graph=retain_graph)
-        self._log.hvp_count += 1
-        curvature = sum(dot(s, h.reshape(-1)) for s, h in zip(steps, products, strict=True)) / self._graph_scale
-        return float((curvature + sum(decay)) / sum(slopes))
-
-    def _tracked_curvature(self, index: int, originals: dict[Tensor, Tensor | None]) -> float | None:
-        r"""The minibatch curvature :math:`u^\top \tilde B u` along the tracked direction (one product)."""
+        if tracked is None:
+            return
+        index, reference, noise = tracked
         p = self._all_params()[index]
-        graph = originals.get(p, p.grad)
-        U = self.state.get(p, {}).get("eigvecs")
-        if graph is None or not has_graph(graph) or U is None:
-            return None
-        u = U[0]
-        (product,) = hessian_vector_product([p], [graph], [u.view_as(p)])
-        self._log.hvp_count += 1
-        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
-        return float(dot(u, product.reshape(-1)) / self._graph_scale) + group["weight_decay"]
+        weight_decay = next(g["weight_decay"] for g in self.param_groups if any(q is p for q in g["params"]))
+        observed = tracked_curvature(p, originals.get(p, p.grad), self.state.get(p, {}).get("eigvecs"),
+                                     weight_decay, self._graph_scale)
+        self._log.hvp_count += observed is not None
+        if observed is not None and reference is None:
+            self._schedule.tracked = (index, observed, noise)  # the first check gives the reference
+        elif observed is not None and reference is not None and is_stale(observed, reference, noise):
+            self._stale = f"the curvature along the tracked direction is {observed:.3g}, was {reference:.3g}"
 
     @staticmethod
     def _precondition_gradients(entries: list[tuple[Tensor, Tensor | None, Tensor | None]],

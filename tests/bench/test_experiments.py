@@ -8,8 +8,10 @@ import pytest
 from probprec.bench.cli import main
 from probprec.bench.experiment import experiment_names, experiment_path, report_options, run_experiment
 from probprec.bench.sweeps import SweepError, expand, load_sweep
+from probprec.config import MECHANISMS
 
-EXPECTED = {"exp1a", "exp1b", "exp2_runtime", "exp3_init", "exp4_first_lr", "lr_free", "paper_fig1", "paper_fig2"}
+EXPECTED = {"exp1a", "exp1b", "exp2_runtime", "exp3_init", "exp4_first_lr", "lr_free", "lr_free_ablation",
+            "paper_fig1", "paper_fig2"}
 
 
 def test_every_thesis_and_paper_experiment_ships():
@@ -29,6 +31,12 @@ def test_full_scale_is_a_valid_sweep_with_the_thesis_budget(name):
     if name == "exp4_first_lr":
         lrs = sorted({r.config.hyperparams["first_cycle_lr"] for r in runs if "first_cycle_lr" in r.config.hyperparams})
         assert len(lrs) == 10 and lrs[0] == pytest.approx(1e-5) and lrs[-1] == pytest.approx(100.0)
+    if name == "lr_free_ablation":  # every mechanism switched off alone, then all of them, on the contest's problems
+        switched = [r.config.hyperparams for r in runs if r.config.hyperparams]
+        for mechanism in MECHANISMS:
+            assert {mechanism: False} in switched
+        assert dict.fromkeys(MECHANISMS, False) in switched
+        assert spec.problems == load_sweep(experiment_path("lr_free"), "full").problems
     if name == "exp3_init":
         assert spec.batch_size == [32, 64, 128] and set(spec.problems) == {"cifar10_roos", "cifar10_3c3d"}
 

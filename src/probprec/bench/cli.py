@@ -21,6 +21,7 @@ from .analysis.metrics import SELECTION_METRICS
 from .argtypes import int_at_least
 from .errors import ConfigError, UserError, describe_os_error
 from .executor import LOCAL
+from .experiment import experiment_names
 from .runner import RESTART_POLICIES
 
 __all__ = ["main"]
@@ -135,9 +136,7 @@ def _add_experiment_command(sub: Any) -> None:
     """``experiment``: a thesis or paper experiment and its report."""
     experiment = sub.add_parser("experiment", help="run a thesis or paper experiment and write its report",
                                 description="Run one scale of an experiment (a sweep file with a [report] table) "
-                                            "and write its report. Shipped: "
-                                            "exp1a, exp1b, exp2_runtime, exp3_init, exp4_first_lr, paper_fig1, "
-                                            "paper_fig2.")
+                                            f"and write its report. Shipped: {', '.join(experiment_names())}.")
     experiment.add_argument("name", help="a shipped experiment or the path of a sweep file")
     experiment.add_argument("--scale", default="smoke", help="smoke (CI, seconds) or full (default %(default)s)")
     experiment.add_argument("--output-dir", help="default: results/NAME/SCALE")

@@ -1,0 +1,95 @@
+r"""The measurements of a check step, each one Hessian-vector product on the update's own minibatch.
+
+At a check step (:mod:`probprec.safeguard` says when) the optimizer measures, before it updates,
+
+* the *step ratio* of the update :math:`\Delta = \eta\,P G` (:func:`step_ratio`),
+
+  .. math::
+
+      r = \frac{\Delta^\top (B + \text{wd}\, I)\, \Delta}{G^\top \Delta},
+      \qquad G = g + \text{wd}\,\theta ,
+
+  which the safeguard compares with its limit, and, with adaptive restarts,
+* the minibatch curvature :math:`u^\top (\tilde B + \text{wd}\, I)\, u` along the *tracked direction*
+  :math:`u` (:func:`tracked_curvature`), the estimated top direction of the tensor that
+  :func:`tracked_choice` picks, which :func:`probprec.schedule.is_stale` compares with its first measurement.
+
+Each takes the gradients that carry the autograd graph (``loss.backward(create_graph=True)``) and the factor
+by which that graph's loss was scaled, and returns ``None`` when it computed no product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from ._precision import dot
+from .cycle_state import PriorScalars
+from .estimator import Estimate
+from .hvp import has_graph, hessian_vector_product
+
+__all__ = ["Tracked", "step_ratio", "tracked_choice", "tracked_curvature"]
+
+Tracked = tuple[int, float | None, float]
+"""The tracked direction: parameter index, reference curvature (None until the first check), prior noise."""
+
+
+def step_ratio(groups: Sequence[dict[str, Any]], lrs: Sequence[float | None], originals: dict[Tensor, Tensor | None],
+               graph_scale: float, retain_graph: bool) -> float | None:
+    r"""The step ratio :math:`r` of the update whose rate is ``lrs[i]`` per group and whose step ``p.grad`` holds.
+
+    ``p.grad`` holds the preconditioned gradient :math:`P G` (the step before its rate), ``originals`` the
+    gradient with the graph for every tensor whose ``p.grad`` was replaced. Groups with a fixed rate or none
+    are left out.
+    """
+    params, grads, steps, slopes, decay = [], [], [], [], []
+    for group, lr in zip(groups, lrs, strict=True):
+        if lr is None or not group["adaptive_lr"]:
+            continue
+        for p in group["params"]:
+            graph = originals.get(p, p.grad)
+            if p.grad is None or graph is None or not has_graph(graph):
+                continue
+            step = p.grad.reshape(-1) * lr
+            objective = graph.detach().reshape(-1) + group["weight_decay"] * p.detach().reshape(-1)
+            params.append(p)
+            grads.append(graph)
+            steps.append(step)
+            slopes.append(dot(objective, step))
+            decay.append(group["weight_decay"] * dot(step, step))
+    if not params:
+        return None
+    vectors = [s.view_as(p) for s, p in zip(steps, params, strict=True)]
+    products = hessian_vector_product(params, grads, vectors, retain_graph=retain_graph)
+    curvature = sum(dot(s, h.reshape(-1)) for s, h in zip(steps, products, strict=True)) / graph_scale
+    return float((curvature + sum(decay)) / sum(slopes))
+
+
+def tracked_curvature(p: Tensor, graph: Tensor | None, U: Tensor | None, weight_decay: float,
+                      graph_scale: float) -> float | None:
+    r"""The minibatch curvature :math:`u^\top \tilde B u + \text{wd}` along ``u = U[0]``, the top direction of ``p``."""
+    if graph is None or not has_graph(graph) or U is None:
+        return None
+    u = U[0]
+    (product,) = hessian_vector_product([p], [graph], [u.view_as(p)])
+    return float(dot(u, product.reshape(-1)) / graph_scale) + weight_decay
+
+
+def tracked_choice(estimate: Estimate, priors: Sequence[PriorScalars | None],
+                   group_of: Sequence[int]) -> Tracked | None:
+    r"""The direction to track: the top direction of the tensor most curved relative to its prior.
+
+    The tensor's score is :math:`\lambda_1 / \mu_0`, its top estimated curvature over its group's prior
+    mean (``group_of[i]`` is tensor ``i``'s group); None if no tensor has an estimate.
+    """
+    best: tuple[float, int, float] | None = None
+    for index, tensor in estimate.tensors.items():
+        prior = priors[group_of[index]]
+        if tensor.eigvecs is None or not tensor.eigenvalues or prior is None:
+            continue
+        score = tensor.eigenvalues[0] / prior.mean
+        if best is None or score > best[0]:
+            best = (score, index, prior.noise)
+    return None if best is None else (best[1], None, best[2])

@@ -8,17 +8,26 @@ Shapes of the thesis's Experiment 2 and of cifar10_3c3d, on synthetic data:
   default the whole estimation phase and a sample of optimization steps are timed
   and extrapolated to 312 steps (``--cnn-full`` times whole epochs).
 
-Every epoch starts a fresh estimation cycle (``start_estimate()``) and uses the
-training loop the library documents (``create_graph=opt.create_graph``). The
+Every epoch starts a fresh estimation cycle (``start_estimate()``: the thesis's schedule, the most
+estimating a loop asks for; the default mode's adaptive restarts alone estimate less often) and uses the
+training loop the library documents (``create_graph=opt.create_graph``). The default mode's check steps
+(:mod:`probprec.safeguard`) are timed as what they are: with ``--cnn-sample`` the sampled updates are
+extrapolated to the epoch with as many check steps as the safeguard's schedule has in it. The
 candidates run in one process, interleaved ten steps at a time in a rotating
 order, so that the machine's background load falls on all of them alike; each
 repetition gives one ratio per candidate against the SGD epoch of the same
 repetition, and the script prints the median and the quartiles of those ratios,
 for wall-clock and for process CPU time. It also prints the optimizer's state in floats per
-parameter element (besides the inner optimizer's) in each phase.
+parameter element (besides the inner optimizer's) in each phase, and the extra passes: Hessian-vector
+products per epoch (each one a backward pass through the loop's graph).
+
+``--device cuda`` runs the models and data there (``auto``: cuda when available); ``--sync-debug``
+then raises on any host synchronisation inside ``step()`` of a plain update (the steady state), through
+``torch.cuda.set_sync_debug_mode("error")``.
 
     python benchmarks/overhead.py                 # both models, 5 repetitions
     python benchmarks/overhead.py --model mlp --repeats 7
+    python benchmarks/overhead.py --device cuda --sync-debug
 
 ``--baseline SRC`` adds the same variants from another copy of the library (its ``src`` folder, e.g. a
 ``git worktree`` of an earlier commit), imported under another name, so that a change is measured
@@ -44,7 +53,9 @@ import torch
 from torch import nn
 
 from probprec import AdaptiveSGD, OnlyAdaptiveSGD, PreconditionedSGD
+from probprec.config import MECHANISMS
 from probprec.hvp import hessian_vector_product
+from probprec.safeguard import Safeguard
 
 TARGETS = {
     "mlp": {"PreconditionedSGD": 1.15, "AdaptiveSGD": 1.08, "OnlyAdaptiveSGD": 1.06},
@@ -52,9 +63,11 @@ TARGETS = {
 }
 # Reference rows, printed without a target: what the HVPs alone cost, and the preconditioner
 # applied along every estimated direction of positive curvature (the paper's rule), its worst case.
+# The default mode's mechanisms switched off: the default of the release before them, to show their cost.
 REFERENCES = {
-    "mlp": ["HVP floor (14 HVPs)", "HVP floor (10 HVPs)", "PreconditionedSGD, all applied"],
-    "cnn": ["HVP floor (14 HVPs)", "PreconditionedSGD, all applied"],
+    "mlp": ["PreconditionedSGD, mechanisms off", "HVP floor (14 HVPs)", "HVP floor (10 HVPs)",
+            "PreconditionedSGD, all applied"],
+    "cnn": ["PreconditionedSGD, mechanisms off", "HVP floor (14 HVPs)", "PreconditionedSGD, all applied"],
 }
 
 
@@ -110,6 +123,7 @@ CANDIDATES: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
     "HVP floor (10 HVPs)": lambda p: HVPFloor(p, 10),
     "PreconditionedSGD, all applied": lambda p: PreconditionedSGD(p, lr=0.01, step_rule="paper"),
     "PreconditionedSGD": lambda p: PreconditionedSGD(p),
+    "PreconditionedSGD, mechanisms off": lambda p: PreconditionedSGD(p, **dict.fromkeys(MECHANISMS, False)),
     "AdaptiveSGD": lambda p: AdaptiveSGD(p),
     "OnlyAdaptiveSGD": lambda p: OnlyAdaptiveSGD(p),
 }
@@ -132,10 +146,37 @@ def add_baseline(src: str) -> list[str]:
     return names
 
 
-def batches(shape, batch_size, count=20, seed=0):
+def batches(shape, batch_size, count=20, seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(batch_size, *shape, generator=gen), torch.randint(0, 10, (batch_size,), generator=gen))
-            for _ in range(count)]
+    return [(torch.randn(batch_size, *shape, generator=gen).to(device),
+             torch.randint(0, 10, (batch_size,), generator=gen).to(device)) for _ in range(count)]
+
+
+def step_kind(opt) -> str:
+    """``estimate`` (a step of the estimation phase), ``check`` (an update with a check) or ``plain``."""
+    graph = getattr(opt, "create_graph", False)
+    phase = getattr(opt, "phase", None)
+    if phase is None:
+        return "estimate" if graph else "plain"
+    if phase != "optimize":
+        return "estimate"
+    return "check" if graph else "plain"
+
+
+def checks_in(updates: int) -> int:
+    """How many of ``updates`` updates after an estimate are check steps, if no check cuts (the schedule)."""
+    schedule = Safeguard()
+    count = 0
+    for update in range(1, updates + 1):
+        if schedule.check_due(update):
+            schedule.observe(None, update)
+            count += 1
+    return count
+
+
+def synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def train_steps(model, opt, data, steps):
@@ -148,56 +189,73 @@ def train_steps(model, opt, data, steps):
         opt.step()
 
 
-def time_epochs(names, model_name, data, steps, sample, chunk=10):
+def time_epochs(names, model_name, data, steps, sample, chunk=10, device="cpu", sync_debug=False):
     """Seconds (wall, CPU) of one epoch of ``steps`` steps for each candidate, measured interleaved.
 
     All candidates advance together, ``chunk`` steps at a time in turn, so that the
     machine's background load falls on all of them alike. With ``sample`` set, each
-    candidate runs its estimation phase and ``sample`` optimization steps, and the
-    optimization steps are extrapolated to the rest of the epoch.
+    candidate runs its estimation phase and ``sample`` updates, and the updates are
+    extrapolated to the rest of the epoch (check steps and plain updates separately, with the
+    safeguard's number of checks). Also returns the Hessian-vector products of the epoch.
     """
     make_model, _, _ = MODELS[model_name]
     runs = {}
     for name in names:
         torch.manual_seed(0)
-        model = make_model()
+        model = make_model().to(device)
         opt = CANDIDATES[name](list(model.parameters()))
-        train_steps(model, opt, data, 3)  # warm-up: allocations, first cycle
+        train_steps(model, opt, data, 20)  # warm-up: allocations, the first cycle (14 steps) and a few updates
         if hasattr(opt, "start_estimate"):
             opt.start_estimate()
-        # per candidate: [estimation wall, estimation cpu, held steps, optimize wall, optimize cpu, optimize steps]
-        runs[name] = (model, opt, [0.0, 0.0, 0, 0.0, 0.0, 0])
+        hvps = opt.get_log()["hvp_count"] if hasattr(opt, "get_log") else 0
+        runs[name] = (model, opt, {kind: [0.0, 0.0, 0] for kind in ("estimate", "check", "plain")}, hvps)
     done = dict.fromkeys(names, 0)
 
     def finished(name):
         acc = runs[name][2]
-        return done[name] >= steps if sample is None else acc[5] >= sample
+        return done[name] >= steps if sample is None else acc["check"][2] + acc["plain"][2] >= sample
 
     while not all(finished(n) for n in names):
         for name in names:
-            model, opt, acc = runs[name]
+            model, opt, acc, _ = runs[name]
             for _ in range(chunk):
                 if finished(name):
                     break
-                estimating = getattr(opt, "create_graph", False)
+                kind = step_kind(opt)
                 x, y = data[done[name] % len(data)]
+                synchronize(device)
                 w0, c0 = time.perf_counter(), time.process_time()
                 opt.zero_grad()
                 loss = nn.functional.cross_entropy(model(x), y)
-                loss.backward(create_graph=estimating)
-                opt.step()
-                w, c = time.perf_counter() - w0, time.process_time() - c0
+                loss.backward(create_graph=kind != "plain")
+                if sync_debug and kind == "plain":
+                    torch.cuda.set_sync_debug_mode("error")
+                try:
+                    opt.step()
+                finally:
+                    if sync_debug:
+                        torch.cuda.set_sync_debug_mode("default")
+                synchronize(device)
+                acc[kind][0] += time.perf_counter() - w0
+                acc[kind][1] += time.process_time() - c0
+                acc[kind][2] += 1
                 done[name] += 1
-                base = 0 if estimating else 3
-                acc[base] += w
-                acc[base + 1] += c
-                acc[base + 2] += 1
     out = {}
     for name in names:
-        _, opt, (ew, ec, held, ow, oc, n_opt) = runs[name]
-        scale = 1.0 if sample is None else (steps - held) / n_opt
-        out[name] = (ew + ow * scale, ec + oc * scale, applied(opt))
+        _, opt, acc, hvps = runs[name]
+        out[name] = (*_epoch_seconds(acc, steps, sample), applied(opt),
+                     (opt.get_log()["hvp_count"] - hvps) if hasattr(opt, "get_log") else 0)
     return out
+
+
+def _epoch_seconds(acc, steps, sample) -> tuple[float, float]:
+    """(wall, CPU) seconds of the epoch from the per-kind sums, extrapolated when only a sample was timed."""
+    if sample is None:
+        return tuple(sum(acc[k][i] for k in acc) for i in (0, 1))  # type: ignore[return-value]
+    updates = steps - acc["estimate"][2]
+    checks = checks_in(updates) if acc["check"][2] else 0
+    counts = {"estimate": acc["estimate"][2], "check": checks, "plain": updates - checks}
+    return tuple(sum(acc[k][i] / max(acc[k][2], 1) * counts[k] for k in acc) for i in (0, 1))  # type: ignore
 
 
 def applied(opt) -> str:
@@ -238,25 +296,36 @@ def main() -> None:
     parser.add_argument("--cnn-sample", type=int, default=40, help="optimization steps timed on the cnn")
     parser.add_argument("--cnn-full", action="store_true", help="time whole cnn epochs")
     parser.add_argument("--baseline", metavar="SRC", help="another copy's src folder, to compare against")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default %(default)s)")
+    parser.add_argument("--sync-debug", action="store_true",
+                        help="on cuda: raise on a host synchronisation in a plain update's step()")
     args = parser.parse_args()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: CUDA is not available here")
+    if args.sync_debug and torch.device(device).type != "cuda":
+        parser.error("--sync-debug needs --device cuda")
     baseline = add_baseline(args.baseline) if args.baseline else []
     warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    where = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device} ({where})")
     for model_name in (["mlp", "cnn"] if args.model == "both" else [args.model]):
         _, shape, default_steps = MODELS[model_name]
         steps = args.steps or default_steps
         sample = None if model_name == "mlp" or args.cnn_full else args.cnn_sample
         variants = [b for b in baseline if b.split(" ")[0] in TARGETS[model_name]]
         names = ["SGD", *TARGETS[model_name], *variants, *REFERENCES[model_name]]
-        data = batches(shape, 128)
+        data = batches(shape, 128, device=device)
         ratios: dict[str, dict[str, list[float]]] = {n: {"wall": [], "cpu": []} for n in names[1:]}
         sgd_times = []
         notes: dict[str, str] = {}
+        passes: dict[str, int] = {}
         for rep in range(args.repeats):
             order = names[rep % len(names):] + names[:rep % len(names)]
-            times = time_epochs(order, model_name, data, steps, sample)
+            times = time_epochs(order, model_name, data, steps, sample, device=device, sync_debug=args.sync_debug)
             sgd_times.append(times["SGD"][0])
             notes.update({name: times[name][2] for name in names})
+            passes.update({name: times[name][3] for name in names})
             for name in names[1:]:
                 ratios[name]["wall"].append(times[name][0] / times["SGD"][0])
                 ratios[name]["cpu"].append(times[name][1] / times["SGD"][1])
@@ -265,13 +334,14 @@ def main() -> None:
         how = "whole epochs" if sample is None else f"estimation + {sample} sampled steps, extrapolated"
         print(f"\n{model_name}: {steps} steps per epoch, batch 128, {args.repeats} repetitions ({how}); "
               f"SGD epoch median {statistics.median(sgd_times):.1f} s wall")
-        print(f"  {'optimizer':<32}{'wall ratio (q1, median, q3)':>28}{'CPU ratio (q1, median, q3)':>32}"
-              f"{'target':>9}")
+        print(f"  {'optimizer':<36}{'wall ratio (q1, median, q3)':>28}{'CPU ratio (q1, median, q3)':>32}"
+              f"{'target':>9}{'HVPs':>6}")
         for name in names[1:]:
             w, c = quartiles(ratios[name]["wall"]), quartiles(ratios[name]["cpu"])
             target = TARGETS[model_name].get(name)
-            print(f"  {name:<32}{w[0]:>8.3f}{w[1]:>10.3f}{w[2]:>10.3f}{c[0]:>12.3f}{c[1]:>10.3f}{c[2]:>10.3f}"
-                  + (f"{target:>9.2f}" if target else f"{'-':>9}") + (f"   ({notes[name]})" if notes[name] else ""))
+            print(f"  {name:<36}{w[0]:>8.3f}{w[1]:>10.3f}{w[2]:>10.3f}{c[0]:>12.3f}{c[1]:>10.3f}{c[2]:>10.3f}"
+                  + (f"{target:>9.2f}" if target else f"{'-':>9}") + f"{passes[name]:>6}"
+                  + (f"   ({notes[name]})" if notes[name] else ""))
         worst, opt = state_floats(model_name)
         k, K = opt.config.est_rank, opt.config.num_observations
         print("  optimizer state, floats per parameter (besides the inner optimizer's): "

@@ -69,3 +69,15 @@ def test_the_cli_exits_0_and_the_report_counts_collapsed_runs(tmp_path, capsys):
     assert "(1 completed, 1 collapsed)" in text or "(1 collapsed, 1 completed)" in text
     assert "Runs that did not complete or learned nothing" in text and "learned nothing from epoch 1" in text
     assert "stuck at chance" not in text, "a run the runner recorded as collapsed is not listed twice"
+
+
+def test_a_loss_that_bounces_around_its_initial_level_is_a_collapse():
+    """Measured: PreconditionedSGD on robust_mlp_deep, seed 42, stayed at chance (validation accuracy 10 %) for ten
+    epochs while its training loss bounced between 2.295 and 2.362; the last window ended 0.004 below the initial
+    loss, which the first criterion took for progress. Progress is a new low, not a value below the window's
+    first; a run that falls every epoch, however slowly, still sets one."""
+    bounced = [2.306, 2.335, 2.295, 2.302, 2.362, 2.328, 2.323, 2.323, 2.315, 2.347, 2.302]
+    accuracies = [0.087, 0.087, 0.087, 0.14, 0.06, 0.097, 0.087, 0.097, 0.087, 0.137, 0.097]
+    assert ended_collapsed(bounced, accuracies) is not None
+    slow = [2.3 * 0.994 ** epoch for epoch in range(11)]  # 0.6 % per epoch
+    assert ended_collapsed(slow) is None and detect_collapse(slow) is None

@@ -10,9 +10,10 @@ training began (epoch 0, before training, is the reference):
 
 * its **training loss stays at or returns to its initial level**: every value is at
   least ``L0 - loss_tolerance * |L0|`` (default: within 1 % of the initial loss
-  ``L0``, or above it), and the window shows no progress: its last value is not
-  below its first (or below ``L0``, if the first is above it) by more than
-  ``progress_tolerance * |L0|`` (default 0.1 %); or
+  ``L0``, or above it), and the window shows no progress: its last value is no new
+  low, not below every earlier value (``L0`` included) by more than
+  ``progress_tolerance * |L0|`` (default 0.1 %); a loss that bounces around its
+  initial level, or falls back from a spike, makes none; or
 * its **accuracy stays at chance**: every value is at most ``chance +
   accuracy_margin`` (default 2 points), where chance is ``1 / classes`` when the
   caller knows the classes, else the accuracy before training (a classifier at
@@ -75,10 +76,11 @@ def _finite(values: Sequence[float]) -> bool:
 
 
 def _loss_window(losses: Sequence[float], start: int, criterion: CollapseCriterion) -> str | None:
-    initial, window = losses[0], losses[start:start + criterion.epochs]
+    initial, end = losses[0], start + criterion.epochs
+    window = losses[start:end]
     level = initial - criterion.loss_tolerance * abs(initial)
-    start_level = min(window[0], initial)  # falling back from above the initial level is no progress
-    if all(v >= level for v in window) and window[-1] >= start_level - criterion.progress_tolerance * abs(initial):
+    best_before = min(losses[:end - 1])  # falling back from a spike, or bouncing around a level, is no progress
+    if all(v >= level for v in window) and window[-1] >= best_before - criterion.progress_tolerance * abs(initial):
         return (f"training loss {min(window):.4g}-{max(window):.4g} over epochs {start}-{start + len(window) - 1}, "
                 f"initial {initial:.4g}")
     return None

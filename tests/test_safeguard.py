@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from probprec import AdaptiveSGD, PreconditionedSGD
-from probprec.safeguard import GROWTH, LIMIT, MAX_INTERVAL
+from probprec.safeguard import GROWTH, LIMIT, MAX_INTERVAL, RELATIVE_LIMIT, Safeguard
 
 warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
 
@@ -19,18 +19,26 @@ WEIGHTS = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64)
 
 
 class Quadratic:
-    """loss = c/2 sum_i w_i theta_i^2 with a curvature scale c the test sets at every step."""
+    """loss = c/2 sum_i w_i (theta_i - m)^2 with a curvature scale c the test sets at every step.
 
-    def __init__(self, scale=1.0):
-        self.theta = nn.Parameter(torch.ones(5, dtype=torch.float64))
+    The minimum m is far from the origin (``offset``), so that the relative limit on an update's size
+    (RELATIVE_LIMIT of the parameters' norm) does not bind unless a test asks for it (offset 0).
+    """
+
+    def __init__(self, scale=1.0, offset=100.0):
+        self.offset = offset
+        self.theta = nn.Parameter(torch.ones(5, dtype=torch.float64) + offset)
         self.scale = scale
 
     def loss(self):
-        return 0.5 * self.scale * (WEIGHTS * self.theta**2).sum()
+        return 0.5 * self.scale * (WEIGHTS * (self.theta - self.offset) ** 2).sum()
+
+    def error(self):
+        return float((self.theta.detach() - self.offset).norm())
 
 
 def train(opt, problem, steps, scales=None):
-    """Steps of the documented loop; ``scales[t]`` sets the curvature before step t. Returns the |theta|s."""
+    """Steps of the documented loop; ``scales[t]`` sets the curvature before step t. Returns |theta - m|."""
     norms = []
     for t in range(steps):
         if scales is not None and t in scales:
@@ -38,7 +46,7 @@ def train(opt, problem, steps, scales=None):
         opt.zero_grad()
         problem.loss().backward(create_graph=opt.create_graph)
         opt.step()
-        norms.append(float(problem.theta.norm()))
+        norms.append(problem.error())
     return norms
 
 
@@ -52,7 +60,7 @@ def test_a_curvature_jump_is_cut_at_the_next_check():
     train(opt, problem, P + K)  # the estimate (curvature ~ 1-5), then one checked update
     assert cuts(opt) == [], "nothing to cut on the quadratic the estimate measured"
     lr_before = opt.get_log()["learning_rates"][0]
-    theta = problem.theta.detach().clone()
+    error = problem.error()
     # the curvature jumps tenfold: lr * 50 > 2 along the stiffest direction; the next check (interval 2) cuts
     norms = train(opt, problem, 6, scales={0: 10.0})
     events = cuts(opt)
@@ -60,7 +68,7 @@ def test_a_curvature_jump_is_cut_at_the_next_check():
     lr_after = opt.get_log()["learning_rates"][0]
     assert lr_after < lr_before / 5
     # after the cut the step is the minimiser of the model along it: every later update decreases |theta|
-    assert norms[-1] < norms[-2] < float(theta.norm()) * 10
+    assert norms[-1] < norms[-2] < error * 10
     assert all(math.isfinite(n) for n in norms)
 
 
@@ -94,7 +102,7 @@ def test_the_step_ratio_of_a_cut_step_is_the_target():
     problem.scale = 10.0
     train(opt, problem, 1)  # update 3: not checked
     assert cuts(opt) == []
-    g = problem.scale * WEIGHTS * problem.theta.detach()  # the gradient of update 4
+    g = problem.scale * WEIGHTS * (problem.theta.detach() - problem.offset)  # the gradient of update 4
     ratio = float(lr * (g * problem.scale * WEIGHTS * g).sum() / (g * g).sum())  # (eta g)' H (eta g) / g' (eta g)
     assert ratio > LIMIT
     train(opt, problem, 1)  # update 4: checked and cut
@@ -133,3 +141,66 @@ def test_the_safeguard_is_off_in_thesis_mode_and_can_be_turned_off():
     assert PreconditionedSGD([theta]).config.safeguard is True
     assert PreconditionedSGD([theta], mode="thesis").config.safeguard is False
     assert PreconditionedSGD([theta], safeguard=False).config.safeguard is False
+
+
+def test_an_update_is_held_to_the_relative_limit():
+    """At the origin's quadratic the estimated (Newton) step would move theta onto the minimum at 0, an update
+    as long as theta itself: each update is cut to RELATIVE_LIMIT of |theta| and theta still converges."""
+    problem = Quadratic(offset=0.0)
+    opt = AdaptiveSGD([problem.theta], prior_iterations=P, num_observations=K, est_rank=1)
+    train(opt, problem, P + K - 2)  # the estimate is taken, no update yet
+    sizes = []
+    for _ in range(20):
+        before = problem.theta.detach().clone()
+        train(opt, problem, 1)
+        sizes.append(float((problem.theta.detach() - before).norm() / before.norm()))
+    assert max(sizes) <= RELATIVE_LIMIT * (1 + 1e-9)
+    assert any("the parameters' norm" in e["message"] for e in cuts(opt))
+    assert problem.error() < 0.05 * math.sqrt(5.0), "still converging"
+
+
+def test_a_cut_step_size_grows_back_when_a_check_finds_room():
+    """After a curvature jump cuts the step, the curvature falls back: the checks that follow find the step
+    ratio below LIMIT / GROWTH and grow the factor again, at most back to the estimate."""
+    problem = Quadratic()
+    opt = AdaptiveSGD([problem.theta], prior_iterations=P, num_observations=K, est_rank=1)
+    train(opt, problem, P + K)
+    lr_before = opt.get_log()["learning_rates"][0]
+    train(opt, problem, 6, scales={0: 10.0})
+    assert opt.get_log()["learning_rates"][0] < lr_before / 5
+    problem.scale = 1.0
+    problem.theta.data += 1.0  # something left to minimise
+    train(opt, problem, 200)
+    assert opt.get_log()["learning_rates"][0] == pytest.approx(lr_before, rel=1e-9)
+
+
+def test_growth_and_the_relative_limit_in_the_schedule():
+    schedule = Safeguard()
+    schedule.add_group()
+    schedule.factors[0] = 0.25
+    assert schedule.observe(LIMIT / GROWTH * 0.99, updates=1) == 1.0 and schedule.factors == [0.5]
+    assert schedule.observe(LIMIT / GROWTH * 1.01, updates=3) == 1.0 and schedule.factors == [0.5], "no room"
+    assert schedule.observe(None, updates=7) == 1.0 and schedule.factors == [0.5], "nothing measured"
+    assert schedule.observe(0.1, updates=15, cut_allowed=False) == 1.0 and schedule.factors == [0.5]
+    for updates in (31, 63):
+        schedule.observe(0.1, updates=updates)
+    assert schedule.factors == [1.0], "never beyond the estimate"
+    assert schedule.limit_relative(0, RELATIVE_LIMIT, updates=100) == 1.0
+    assert schedule.limit_relative(0, 4 * RELATIVE_LIMIT, updates=100) == pytest.approx(0.25)
+    assert schedule.factors == [pytest.approx(0.25)] and schedule.check_due(101), "a cut brings the check forward"
+
+
+def test_parameters_at_zero_are_not_held_by_the_relative_limit():
+    """A linear model initialised at zero has no norm to compare an update with; it trains."""
+    torch.manual_seed(0)
+    x, w = torch.randn(64, 5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    y = x @ w
+    model = nn.Linear(5, 1, bias=False).double()
+    nn.init.zeros_(model.weight)
+    opt = PreconditionedSGD(model.parameters(), prior_iterations=P, num_observations=K)
+    for _ in range(30):
+        opt.zero_grad()
+        loss = ((model(x).squeeze(1) - y) ** 2).mean()
+        loss.backward(create_graph=opt.create_graph)
+        opt.step()
+    assert float(((model(x).squeeze(1) - y) ** 2).mean()) < 0.01 * float((y**2).mean())

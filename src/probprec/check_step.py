@@ -20,6 +20,7 @@ by which that graph's loss was scaled, and returns ``None`` when it computed no 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ from .cycle_state import PriorScalars
 from .estimator import Estimate
 from .hvp import has_graph, hessian_vector_product
 
-__all__ = ["Tracked", "step_ratio", "tracked_choice", "tracked_curvature"]
+__all__ = ["Tracked", "relative_update", "step_ratio", "tracked_choice", "tracked_curvature"]
 
 Tracked = tuple[int, float | None, float]
 """The tracked direction: parameter index, reference curvature (None until the first check), prior noise."""
@@ -65,6 +66,18 @@ def step_ratio(groups: Sequence[dict[str, Any]], lrs: Sequence[float | None], or
     products = hessian_vector_product(params, grads, vectors, retain_graph=retain_graph)
     curvature = sum(dot(s, h.reshape(-1)) for s, h in zip(steps, products, strict=True)) / graph_scale
     return float((curvature + sum(decay)) / sum(slopes))
+
+
+def relative_update(params: Sequence[Tensor], lr: float) -> float:
+    r"""The nominal update's size relative to the parameters, :math:`\eta \lVert P G \rVert / \lVert\theta\rVert`.
+
+    ``p.grad`` holds :math:`P G` for each of ``params`` (a group). Parameters that are all zero (a model
+    initialised at zero) give no scale to compare with: 0.0, no limit.
+    """
+    step = sum((dot(p.grad.reshape(-1), p.grad.reshape(-1)) for p in params if p.grad is not None), 0.0)
+    size = sum((dot(p.detach().reshape(-1), p.detach().reshape(-1)) for p in params), 0.0)
+    step, size = float(step), float(size)
+    return lr * math.sqrt(step / size) if size > 0.0 else 0.0
 
 
 def tracked_curvature(p: Tensor, graph: Tensor | None, U: Tensor | None, weight_decay: float,

@@ -22,13 +22,13 @@ from . import _checkpoint, _loss_scale
 from ._groups import INNER_WEIGHT_DECAY, InnerSpec, check_new_group, normalized_groups, own_defaults
 from ._validation import check_float, check_inner_class, check_memory, group_list
 from .arithmetic import arithmetic_for
-from .check_step import step_ratio, tracked_choice, tracked_curvature
+from .check_step import relative_update, step_ratio, tracked_choice, tracked_curvature
 from .config import Config
 from .estimator import CycleEstimator, Estimate, Outcome
 from .hvp import has_graph, hessian_vector_product
 from .log import OptimizerLog
 from .precondition import precondition
-from .safeguard import LIMIT, Safeguard
+from .safeguard import LIMIT, RELATIVE_LIMIT, Safeguard
 from .schedule import MAX_AGE, CycleSchedule, is_stale
 from .warm_start import Memory
 
@@ -663,6 +663,8 @@ class Preconditioner(Optimizer):
         swapped: list[tuple[Tensor, Tensor | None]] = []
         try:
             lrs = self._prepare_update(inner, swapped)
+            if self.config.safeguard:
+                self._limit_relative(inner, lrs)
             if check:
                 self._check_update(inner, lrs, dict(swapped))
             inner.step()
@@ -700,6 +702,23 @@ class Preconditioner(Optimizer):
                 inner_group["weight_decay"] = inner_group.get("weight_decay", 0.0) + inner_extra
             swapped += self._precondition_gradients(entries, wd)
         return lrs
+
+    def _limit_relative(self, inner: Optimizer, lrs: list[float | None]) -> None:
+        """Hold each group's update to :data:`~probprec.safeguard.RELATIVE_LIMIT`.
+
+        A cut makes the next update a check, which may let the step size grow again.
+        """
+        updates = self._schedule.optimize_steps + 1
+        for index, (group, inner_group) in enumerate(zip(self.param_groups, inner.param_groups, strict=True)):
+            lr = lrs[index]
+            if lr is None or not group["adaptive_lr"]:
+                continue
+            relative = relative_update(group["params"], lr)
+            cut = self._safeguard.limit_relative(index, relative, updates)
+            if cut < 1.0:
+                inner_group["lr"] = lrs[index] = self._effective_lr(index)
+                self._event("cut", f"update {relative:.3g} x the parameters' norm > {RELATIVE_LIMIT}: step size "
+                                   f"cut by {cut:.3g}", index)
 
     def _check_update(self, inner: Optimizer, lrs: list[float | None], originals: dict[Tensor, Tensor | None]) -> None:
         """A check step (:mod:`probprec.check_step`): cut the step sizes if the update overshoots.

@@ -171,3 +171,16 @@ def test_subprocess_list_into_a_closed_pipe_is_one_line():
         os.close(write_end)
     assert done.returncode == 2
     assert done.stderr.splitlines() == ["probprec: error: standard output: Broken pipe"], done.stderr
+
+
+def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys):
+    """Ctrl-C in any command (the demo, say) ends with one line and the shell's status for SIGINT."""
+    import probprec.bench.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_dispatch", interrupted)
+    assert cli.main(["demo"]) == 130
+    err = capsys.readouterr().err
+    assert err == "probprec: interrupted\n"

@@ -344,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the chosen command; returns the exit status.
 
     Bad input and a hostile environment (:class:`~probprec.bench.errors.UserError`, ``OSError``) are reported in
-    one line on standard error with status 2, whichever command met them.
+    one line on standard error with status 2, whichever command met them; Ctrl-C in one line with status 130.
     """
     args = _build_parser().parse_args(argv)
     try:
@@ -359,6 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error("standard output: Broken pipe")
     except OSError as error:
         return _error(describe_os_error(error))
+    except KeyboardInterrupt:  # runs in progress record it themselves; the user sees one line, no traceback
+        print("probprec: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

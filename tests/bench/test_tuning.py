@@ -95,3 +95,23 @@ def test_tuning_refuses_test_metrics_and_bad_seeds(tmp_path):
     with pytest.raises(ConfigError, match="seeds must be"):
         tune(spec, tmp_path / "out", seeds=[], echo=lambda _: None)
     assert not (tmp_path / "out").exists()
+
+
+ONE_SETTING = """
+[s]
+problems = ["two_d_branin"]
+optimizers = [{ name = "SGD", hyperparams = { lr = 1e6 } }]
+seeds = [42]
+epochs = 1
+"""
+
+
+def test_an_optimizer_with_one_setting_runs_every_seed_even_when_the_first_fails(tmp_path):
+    """A learning-rate-free optimizer has nothing to choose: its first seed's collapse or divergence is a result,
+    and the other seeds run all the same (found in the contest: a peer that diverged on seed 42 had 1 run of 5)."""
+    spec = load_sweep(write_sweep(tmp_path / "t.toml", ONE_SETTING), "s")
+    out = tmp_path / "out"
+    result = tune(spec, out, workers=1, seeds=[42, 43, 44], echo=lambda _: None)
+    statuses = sorted((record["random_seed"], record["status"]) for _, record in results(out))
+    assert statuses == [(42, "diverged"), (43, "diverged"), (44, "diverged")]
+    assert result.choices[0]["rerun"] is not None

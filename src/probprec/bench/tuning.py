@@ -7,7 +7,10 @@
    where the problem has one, else validation loss; diverged or failed runs rank
    last). The test set plays no part in the choice.
 3. The chosen setting runs again with the rerun seeds (42-51 by default); the seed
-   already run is found finished and not repeated.
+   already run is found finished and not repeated. An optimizer with one setting
+   (a learning-rate-free one at its defaults) has nothing to choose: it runs every
+   seed even if the first diverged or collapsed. With several settings of which
+   none finished, nothing is rerun.
 
 ``tuning.json`` and ``tuning.md`` in the output folder name the chosen settings, the
 validation score of every candidate, and where the rerun results are. Every step
@@ -120,7 +123,8 @@ def _choose(runs: list[SweepRun], metric: str | None, mode: str, notes: list[str
 def _rerun_runs(choices: list[dict[str, Any]], seeds: list[int], notes: list[str]) -> list[SweepRun]:
     runs = []
     for choice in choices:
-        if choice["score"] is None or (isinstance(choice["score"], float) and math.isnan(choice["score"])):
+        failed = choice["score"] is None or (isinstance(choice["score"], float) and math.isnan(choice["score"]))
+        if failed and len(choice["candidates"]) > 1:
             notes.append(f"{choice['problem']} {choice['optimizer']}: no setting finished without diverging or "
                          "failing; nothing rerun")
             choice["rerun"] = None

@@ -20,10 +20,10 @@ by which that graph's loss was scaled, and returns ``None`` when it computed no 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ._precision import dot
@@ -72,12 +72,22 @@ def relative_update(params: Sequence[Tensor], lr: float) -> float:
     r"""The nominal update's size relative to the parameters, :math:`\eta \lVert P G \rVert / \lVert\theta\rVert`.
 
     ``p.grad`` holds :math:`P G` for each of ``params`` (a group). Parameters that are all zero (a model
-    initialised at zero) give no scale to compare with: 0.0, no limit.
+    initialised at zero) give no scale to compare with: 0.0, no limit. The norms are taken per tensor in its
+    own precision (at least float32; no copy) and combined in float64: the result is compared with a
+    threshold, a relative error of 1e-7 does not matter, and this runs at every update.
     """
-    step = sum((dot(p.grad.reshape(-1), p.grad.reshape(-1)) for p in params if p.grad is not None), 0.0)
-    size = sum((dot(p.detach().reshape(-1), p.detach().reshape(-1)) for p in params), 0.0)
-    step, size = float(step), float(size)
-    return lr * math.sqrt(step / size) if size > 0.0 else 0.0
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    step = _norm_of([g.detach() for g in grads])
+    size = _norm_of([p.detach() for p in params])
+    return lr * step / size if size > 0.0 else 0.0
+
+
+def _norm_of(tensors: Sequence[Tensor]) -> float:
+    """The Euclidean norm of the concatenation of ``tensors`` (one host synchronisation)."""
+    norms = [torch.linalg.vector_norm(t, dtype=torch.float32 if t.element_size() < 4 else None) for t in tensors]
+    return float(torch.stack([n.double() for n in norms]).square().sum().sqrt())
 
 
 def tracked_curvature(p: Tensor, graph: Tensor | None, U: Tensor | None, weight_decay: float,

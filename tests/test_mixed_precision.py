@@ -23,6 +23,11 @@ P, K = 4, 3
 STEPS = 20  # one cycle of P + K - 1 = 6 estimation steps, then optimization steps
 
 
+def failures(log):
+    """The log's events but the safeguard's cuts (a cut is a decision about the update, not a failure)."""
+    return [e for e in log["events"] if e["kind"] != "cut"]
+
+
 def data(seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     X = torch.randn(STEPS + 2, 8, 6, generator=gen)
@@ -113,7 +118,7 @@ def test_a_step_the_scaler_skips_is_skipped_by_the_estimate():
     assert scales[poisoned + 1] == scales[poisoned] / 2
     kept = batches[:poisoned] + batches[poisoned + 1:]
     assert_same_training((m, opt), plain_run(kept))
-    assert opt.get_log()["events"] == [], "a skipped step is not a failure of the estimate"
+    assert failures(opt.get_log()) == [], "a skipped step is not a failure of the estimate"
 
 
 def test_a_skipped_optimization_step_does_not_move_the_parameters():
@@ -206,7 +211,7 @@ def test_sums_are_formed_in_float64_whatever_the_scale_and_dtype(dtype, scale):
         loss().backward(create_graph=opt.create_graph)
         opt.step()
     log = opt.get_log()
-    assert log["events"] == [], log["events"]
+    assert failures(log) == [], log["events"]
     # the input itself is rounded to dtype: the step size agrees to its precision (f16: 1e-3, bf16: 8e-3)
     rel = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
     assert log["step_sizes"][0] == pytest.approx(reference_step_size(scale), rel=rel)
@@ -226,6 +231,6 @@ def test_a_whole_cycle_is_independent_of_the_loss_scale(scale):
             opt.step()
         logs[factor] = opt.get_log()
     plain, scaled = logs[1.0], logs[scale]
-    assert scaled["events"] == [] and scaled["cycles_completed"] == 1
+    assert failures(scaled) == [] and scaled["cycles_completed"] == 1
     assert scaled["step_sizes"][0] * scale == pytest.approx(plain["step_sizes"][0], rel=1e-4)
     assert [e / scale for e in scaled["eigenvalues"][0]] == pytest.approx(plain["eigenvalues"][0], rel=1e-3)

@@ -204,3 +204,13 @@ def test_parameters_at_zero_are_not_held_by_the_relative_limit():
         loss.backward(create_graph=opt.create_graph)
         opt.step()
     assert float(((model(x).squeeze(1) - y) ** 2).mean()) < 0.01 * float((y**2).mean())
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e25])
+def test_the_relative_size_of_an_update_at_any_scale(scale):
+    """The norms fall back to float64 where float32's squares underflow or overflow."""
+    from probprec.check_step import relative_update
+
+    p = torch.full((1000,), 3.0 * scale, dtype=torch.float32)
+    p.grad = torch.full((1000,), 4.0 * scale, dtype=torch.float32)
+    assert relative_update([p], lr=0.5) == pytest.approx(0.5 * 4.0 / 3.0, rel=1e-6)

@@ -178,7 +178,7 @@ def test_negative_curvature_step_size_is_never_used():
     log = opt.get_log()
     assert log["step_sizes"][0] == pytest.approx(0.25)
     assert log["learning_rates"][0] > 0
-    event = log["events"][-1]
+    event = [e for e in log["events"] if e["kind"] != "cut"][-1]  # the safeguard may cut the update after it
     assert event["kind"] == "fallback" and "-0.25" in event["message"]
     assert log["eigenvalues"] == [[]], "no preconditioner is built on a failed prior"
 

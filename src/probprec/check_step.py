@@ -20,6 +20,7 @@ by which that graph's loss was scaled, and returns ``None`` when it computed no 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,8 +74,8 @@ def relative_update(params: Sequence[Tensor], lr: float) -> float:
 
     ``p.grad`` holds :math:`P G` for each of ``params`` (a group). Parameters that are all zero (a model
     initialised at zero) give no scale to compare with: 0.0, no limit. The norms are taken per tensor in its
-    own precision (at least float32; no copy) and combined in float64: the result is compared with a
-    threshold, a relative error of 1e-7 does not matter, and this runs at every update.
+    own precision (at least float32) and combined in float64: the result is compared with a threshold, a
+    relative error of 1e-7 does not matter, and this runs at every update.
     """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
@@ -85,8 +86,19 @@ def relative_update(params: Sequence[Tensor], lr: float) -> float:
 
 
 def _norm_of(tensors: Sequence[Tensor]) -> float:
-    """The Euclidean norm of the concatenation of ``tensors`` (one host synchronisation)."""
-    norms = [torch.linalg.vector_norm(t, dtype=torch.float32 if t.element_size() < 4 else None) for t in tensors]
+    """The Euclidean norm of the concatenation of ``tensors`` (one host synchronisation).
+
+    Per tensor in its own precision (at least float32), combined in float64; where that underflows to zero or
+    overflows (values beyond float32's range of squares, about 1e-19 to 1e19), again in float64.
+    """
+    total = _combined([torch.linalg.vector_norm(t, dtype=torch.float32 if t.element_size() < 4 else None)
+                       for t in tensors])
+    if 0.0 < total < math.inf:
+        return total
+    return _combined([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors])
+
+
+def _combined(norms: list[Tensor]) -> float:
     return float(torch.stack([n.double() for n in norms]).square().sum().sqrt())
 
 

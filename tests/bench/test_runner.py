@@ -144,8 +144,10 @@ def test_killed_process_resumes_to_the_same_result(tmp_path, sig):
     reference = subprocess.run([*args, "--output-dir", str(tmp_path / "ref")], capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr
     out, markers = tmp_path / "run", tmp_path / "markers"
+    # SIGINT at its default even where this test runs as a background job (which inherits SIGINT ignored)
     process = subprocess.Popen([*args, "--output-dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=pause_env(3, markers))
+                               text=True, env=pause_env(3, markers),
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(lambda: paused(markers), "the run waits after its checkpoint of epoch 3", process=process)
     os.kill(process.pid, sig)
     _, err = process.communicate(timeout=240)

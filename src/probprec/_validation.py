@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .distributed import is_sharded
+
 __all__ = [
     "check_choice",
     "check_float",
@@ -93,6 +95,12 @@ def check_parameters(params: Iterable[Tensor], first_index: int = 0) -> None:
             raise TypeError(
                 f"parameter {index} has dtype {p.dtype}: complex parameters are not supported (the curvature "
                 "model is real); optimize real floating-point parameters (e.g. torch.view_as_real)"
+            )
+        if is_sharded(p):
+            raise TypeError(
+                f"parameter {index} is a shard ({type(p).__name__}, from FullyShardedDataParallel or a DTensor): "
+                "sharded parameters are not supported; train data-parallel with DistributedDataParallel, whose "
+                "parameters are whole on every rank (see probprec.distributed)"
             )
         if p.device.type == "meta":
             raise ValueError(

@@ -21,8 +21,8 @@ by which that graph's loss was scaled, and returns ``None`` when it computed no 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -34,28 +34,37 @@ from .hvp import has_graph, hessian_vector_product
 
 __all__ = ["Tracked", "relative_update", "step_ratio", "tracked_choice", "tracked_curvature"]
 
+def _alone(value: Tensor) -> Tensor:
+    """A single process's mean over the ranks: the value itself."""
+    return value
+
+
 Tracked = tuple[int, float | None, float]
 """The tracked direction: parameter index, reference curvature (None until the first check), prior noise."""
 
 
 def step_ratio(groups: Sequence[dict[str, Any]], lrs: Sequence[float | None], originals: dict[Tensor, Tensor | None],
-               graph_scale: float, retain_graph: bool) -> float | None:
+               graphs: Mapping[Tensor, Tensor], graph_scale: float, retain_graph: bool,
+               mean: Callable[[Tensor], Tensor] = _alone) -> float | None:
     r"""The step ratio :math:`r` of the update whose rate is ``lrs[i]`` per group and whose step ``p.grad`` holds.
 
     ``p.grad`` holds the preconditioned gradient :math:`P G` (the step before its rate), ``originals`` the
-    gradient with the graph for every tensor whose ``p.grad`` was replaced. Groups with a fixed rate or none
-    are left out.
+    gradient :math:`g` for every tensor whose ``p.grad`` was replaced. The graph of :math:`g` is the gradient
+    itself, or, in a data-parallel step (:mod:`probprec.distributed`), where :math:`g` is the mean over the
+    ranks, this rank's own gradient in ``graphs``; ``mean`` then averages the curvature
+    :math:`\Delta^	op B \Delta` over the ranks (a scalar). Groups with a fixed rate or none are left out.
     """
     params, grads, steps, slopes, decay = [], [], [], [], []
     for group, lr in zip(groups, lrs, strict=True):
         if lr is None or not group["adaptive_lr"]:
             continue
         for p in group["params"]:
-            graph = originals.get(p, p.grad)
-            if p.grad is None or graph is None or not has_graph(graph):
+            gradient = originals.get(p, p.grad)
+            graph = graphs.get(p, gradient)
+            if p.grad is None or gradient is None or graph is None or not has_graph(graph):
                 continue
             step = p.grad.reshape(-1) * lr
-            objective = graph.detach().reshape(-1) + group["weight_decay"] * p.detach().reshape(-1)
+            objective = gradient.detach().reshape(-1) + group["weight_decay"] * p.detach().reshape(-1)
             params.append(p)
             grads.append(graph)
             steps.append(step)
@@ -65,7 +74,8 @@ def step_ratio(groups: Sequence[dict[str, Any]], lrs: Sequence[float | None], or
         return None
     vectors = [s.view_as(p) for s, p in zip(steps, params, strict=True)]
     products = hessian_vector_product(params, grads, vectors, retain_graph=retain_graph)
-    curvature = sum(dot(s, h.reshape(-1)) for s, h in zip(steps, products, strict=True)) / graph_scale
+    local = cast(Tensor, sum(dot(s, h.reshape(-1)) for s, h in zip(steps, products, strict=True)))
+    curvature = mean(local) / graph_scale
     return float((curvature + sum(decay)) / sum(slopes))
 
 
@@ -103,13 +113,16 @@ def _combined(norms: list[Tensor]) -> float:
 
 
 def tracked_curvature(p: Tensor, graph: Tensor | None, U: Tensor | None, weight_decay: float,
-                      graph_scale: float) -> float | None:
-    r"""The minibatch curvature :math:`u^\top \tilde B u + \text{wd}` along ``u = U[0]``, the top direction of ``p``."""
+                      graph_scale: float, mean: Callable[[Tensor], Tensor] = _alone) -> float | None:
+    r"""The minibatch curvature :math:`u^\top \tilde B u + \text{wd}` along ``u = U[0]``, the top direction of ``p``.
+
+    ``mean`` averages :math:`u^\top \tilde B u` over the ranks of a data-parallel step.
+    """
     if graph is None or not has_graph(graph) or U is None:
         return None
     u = U[0]
     (product,) = hessian_vector_product([p], [graph], [u.view_as(p)])
-    return float(dot(u, product.reshape(-1)) / graph_scale) + weight_decay
+    return float(mean(dot(u, product.reshape(-1))) / graph_scale) + weight_decay
 
 
 def tracked_choice(estimate: Estimate, priors: Sequence[PriorScalars | None],

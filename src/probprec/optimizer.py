@@ -10,6 +10,7 @@ mathematics is in :mod:`probprec.prior`, :mod:`probprec.posterior`, :mod:`probpr
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -24,6 +25,7 @@ from ._validation import check_float, check_inner_class, check_memory, group_lis
 from .arithmetic import arithmetic_for
 from .check_step import relative_update, step_ratio, tracked_choice, tracked_curvature
 from .config import Config
+from .distributed import Collective, hyperparameter_facts, parameter_facts
 from .estimator import CycleEstimator, Estimate, Outcome
 from .hvp import has_graph, hessian_vector_product
 from .log import OptimizerLog
@@ -134,6 +136,9 @@ class Preconditioner(Optimizer):
             except in thesis mode.
         inner_weight_decay: the inner optimizer's own weight decay (e.g. AdamW's
             decoupled decay), ``>= 0``; 0 unless given, whatever the inner class's default.
+        process_group: the data-parallel ``torch.distributed`` group whose ranks build one estimate
+            together from their minibatches (:mod:`probprec.distributed`); None (default): the world
+            group when ``torch.distributed`` is initialised, else none. Not part of the state dict.
         **optim_hyperparams: further hyperparameters of the inner optimizer
             (e.g. ``momentum=0.9``), also accepted per parameter group; every one of
             them, defaults included, lives in the parameter groups, where schedulers
@@ -175,6 +180,7 @@ class Preconditioner(Optimizer):
         warm_start: bool | None = None,
         first_cycle_lr: float | None = None,
         inner_weight_decay: float = 0.0,
+        process_group: Any = None,
         **optim_hyperparams: Any,
     ) -> None:
         config = Config.create(
@@ -193,6 +199,7 @@ class Preconditioner(Optimizer):
         self._inner_spec, inner_defaults = InnerSpec.probe(self.optim_class, optim_hyperparams, groups)
         self._inner: Optimizer | None = None
         self._init_control()
+        self._collective = Collective(process_group)
         super().__init__(groups, {**defaults, **inner_defaults})
         check_memory(self._all_params(), self.config.num_observations, self.config.est_rank)
         spec = self._inner_spec
@@ -211,6 +218,7 @@ class Preconditioner(Optimizer):
         self._warned: set[str] = set()
         self._stale: str | None = None  # during an update: why the estimate is stale (a restart follows)
         self._products: list[tuple[Tensor, Tensor]] = []
+        self._graphs: dict[Tensor, Tensor] = {}  # data-parallel curvature steps: each rank's gradient with its graph
 
     # ------------------------------------------------------------------ groups
 
@@ -434,6 +442,11 @@ class Preconditioner(Optimizer):
         state.update({key: self.__dict__[key] for key in self._OWN_ATTRIBUTES})
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._graphs = {}
+        self._collective = Collective()  # a process group does not pickle: the default group of the new process
+
     # ------------------------------------------------------------------- step
 
     def step(  # type: ignore[override]
@@ -472,10 +485,11 @@ class Preconditioner(Optimizer):
                 _loss_scale.unscale_([p.grad for p in self._all_params()], scale.values)
             if not scale.skip:  # a step the scaler skips (inf or NaN gradients) changes nothing
                 self._graph_scale = 1.0 if scale.graph is None else scale.graph
+                observed = self._share_curvature_step(loss) if self._collective.active and self.create_graph else loss
                 if self._estimator is None:
                     self._optimize_no_grad(check=self._check_due())
                 else:
-                    self._estimate(loss)
+                    self._estimate(observed)
         finally:
             self._graph_scale = 1.0
             self._release_graphs()
@@ -490,8 +504,31 @@ class Preconditioner(Optimizer):
                 if p.grad is not None and p.grad.is_sparse:
                     raise RuntimeError("Preconditioner does not support sparse gradients")
 
+    def _share_curvature_step(self, loss: Any) -> Any:
+        """Data-parallel: average this curvature step's gradients and loss over the ranks; return the loss.
+
+        The first step of a cycle first checks that the ranks agree (:mod:`probprec.distributed`).
+        """
+        if self._estimator is not None and not self._estimator.progressed:
+            self._agree(f"at the start of cycle {self._schedule.cycle}")
+        self._graphs, mean_loss = self._collective.average_gradients(self._all_params(), loss)
+        return mean_loss
+
+    def _agree(self, when: str) -> None:
+        """Raise :class:`~probprec.distributed.ReplicaMismatchError` unless every rank holds the same state."""
+        estimates = [sum(values) for values, _ in self._log.tensors.values()]
+        self._collective.agree([
+            *hyperparameter_facts(self.config, self.param_groups), *parameter_facts(self._all_params()),
+            ("cycle", float(self._schedule.cycle), True), ("updates", float(self._schedule.optimize_steps), True),
+            ("Hessian-vector products", float(self._log.hvp_count), True),
+            *[(f"step size of group {i}", math.nan if g["step_size"] is None else float(g["step_size"]), False)
+              for i, g in enumerate(self.param_groups)],
+            ("sum of the estimated curvatures", float(sum(estimates)), False),
+        ], when)
+
     def _release_graphs(self) -> None:
         """Detach every gradient (and, where the 2019 class did, leave g + Hv in it)."""
+        self._graphs = {}
         for p in self._all_params():
             if p.grad is not None and p.grad.requires_grad:
                 p.grad = p.grad.detach()
@@ -518,7 +555,7 @@ class Preconditioner(Optimizer):
 
     def _hvp(self, params: list[Tensor], vectors: list[Tensor]) -> list[Tensor]:
         """Hessian-vector products of this minibatch, in the units of the unscaled loss."""
-        grads = [p.grad for p in params]
+        grads = [self._graphs.get(p, p.grad) for p in params]
         if not any(has_graph(g) for g in grads):
             raise RuntimeError(
                 f"Preconditioner needs curvature at this step (phase {self.phase!r}), but the "
@@ -531,6 +568,7 @@ class Preconditioner(Optimizer):
         if self._graph_scale != 1.0:
             for h in hvps:
                 h.div_(self._graph_scale)
+        self._collective.average_(hvps)
         self._log.hvp_count += 1
         if self.arithmetic.grad_keeps_product:
             self._products = [(p, h.clone()) for p, h in zip(params, hvps, strict=True)]
@@ -573,6 +611,8 @@ class Preconditioner(Optimizer):
         self.arithmetic.after_cycle(self._inner)
         self._estimator = None
         self._optimize_no_grad()
+        if self._collective.active:
+            self._agree(f"after cycle {self._schedule.cycle}")
 
     def _begin_cycle(self) -> None:
         """Start gathering a new estimate (the preconditioner is kept only to keep moving with it)."""
@@ -726,7 +766,8 @@ class Preconditioner(Optimizer):
         With adaptive restarts, also note whether the estimate is stale.
         """
         tracked = self._schedule.tracked if self.config.adaptive_restarts else None
-        ratio = step_ratio(self.param_groups, lrs, originals, self._graph_scale, retain_graph=tracked is not None)
+        ratio = step_ratio(self.param_groups, lrs, originals, self._graphs, self._graph_scale,
+                           retain_graph=tracked is not None, mean=self._collective.mean)
         self._log.hvp_count += ratio is not None
         cut = self._safeguard.observe(ratio, self._schedule.optimize_steps + 1, cut_allowed=self.config.safeguard)
         if cut < 1.0:
@@ -739,8 +780,9 @@ class Preconditioner(Optimizer):
         index, reference, noise = tracked
         p = self._all_params()[index]
         weight_decay = next(g["weight_decay"] for g in self.param_groups if any(q is p for q in g["params"]))
-        observed = tracked_curvature(p, originals.get(p, p.grad), self.state.get(p, {}).get("eigvecs"),
-                                     weight_decay, self._graph_scale)
+        graph = self._graphs.get(p, originals.get(p, p.grad))
+        observed = tracked_curvature(p, graph, self.state.get(p, {}).get("eigvecs"), weight_decay, self._graph_scale,
+                                     mean=self._collective.mean)
         self._log.hvp_count += observed is not None
         if observed is not None and reference is None:
             self._schedule.tracked = (index, observed, noise)  # the first check gives the reference

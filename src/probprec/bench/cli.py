@@ -88,6 +88,11 @@ def _add_run_command(sub: Any) -> None:
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default %(default)s)")
     run.add_argument("--force", action="store_true", help="run again even if a result exists (a new file)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--nproc-per-node", type=_positive_int, default=1, metavar="N",
+                     help="train data-parallel with N local processes (gloo on the CPU, nccl with one GPU each); "
+                          "--batch-size is per process, the global batch N times it, and the run equals one process "
+                          "with the global batch (see probprec.bench.data_parallel). Under torchrun the run joins "
+                          "torchrun's processes instead. Default %(default)s")
 
 
 def _add_ablation_command(sub: Any) -> None:
@@ -210,6 +215,7 @@ def _list() -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .data_parallel import group_environment, run_data_parallel
     from .hyperparams import parse_hyperparameters
     from .runner import RunConfig, run
     from .threads import threads_per_process, using_threads
@@ -219,10 +225,16 @@ def _run(args: argparse.Namespace) -> int:
         args.problem, args.optimizer, hyperparams, seed=args.seed, epochs=args.epochs,
         batch_size=args.batch_size, l2=args.l2, restart=args.restart, data_dir=args.data_dir,
         download=args.download, output_dir=args.output_dir, force=args.force, device=args.device,
-        progress=not args.no_progress,
+        progress=not args.no_progress, processes=args.nproc_per_node,
     )
-    with using_threads(threads_per_process()):
-        result = run(config)
+    group = group_environment()
+    if config.processes > 1 or group is not None:
+        result = run_data_parallel(config)
+        if group is not None and group.rank != 0:  # rank 0 reports the run (torchrun)
+            return EXIT_CODES[result.status]
+    else:
+        with using_threads(threads_per_process()):
+            result = run(config)
     record = result.record
     line = (f"{result.status}: {record.get('testproblem')} {record.get('optimizer_name')} "
             f"seed {record.get('random_seed')}")

@@ -23,7 +23,10 @@
   which the same command resumes to the same result as an uninterrupted run; any
   other error is recorded as ``failed`` with its message;
 * wall-clock and process CPU time per epoch, the optimizer's ``get_log()`` per
-  epoch, minibatch losses every ``train_log_interval`` steps, and the environment.
+  epoch, minibatch losses every ``train_log_interval`` steps, and the environment;
+* a run of :attr:`RunConfig.processes` > 1 trains data-parallel in the ``torch.distributed`` group that
+  this process belongs to, equal to one process with the global batch ``processes x batch_size``
+  (:mod:`probprec.bench.data_parallel`, which also starts such runs).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from ._pause import pause_if_asked
 from .checkpoints import CheckpointNotWrittenError, checkpoint_path, load_checkpoint, save_checkpoint
 from .collapse import ended_collapsed
 from .data import DataMissingError, Splits
-from .devices import resolve_device
+from .data_parallel import ProcessLayout, layout
 from .environment import environment
 from .errors import ConfigError, UserError, describe_os_error
 from .locks import holding, run_lock_path
@@ -65,8 +68,8 @@ from .results import (
     write_json_atomic,
 )
 
-__all__ = ["FINISHED", "RESTART_POLICIES", "ConfigError", "RunConfig", "RunResult", "finished_result", "interruptible",
-           "run", "run_folder"]
+__all__ = ["FINISHED", "RESTART_POLICIES", "ConfigError", "RunConfig", "RunResult", "check_data_parallel",
+           "finished_result", "interruptible", "run", "run_folder"]
 
 RESTART_POLICIES = ("default", "epoch", "optimizer", "never")
 """The restart policies by name (:attr:`RunConfig.restart`); an integer k >= 1 (every k epochs) is one too."""
@@ -85,7 +88,8 @@ class RunConfig:
     epochs: int | None = None
     """None: the problem's default."""
     batch_size: int | None = None
-    """None: the problem's default."""
+    """None: the problem's default. The batch of one process: a data-parallel run's global batch is
+    ``processes x batch_size`` (its record's ``batch_size``)."""
     l2: float | None = None
     """None: the problem's L2 coefficient."""
     restart: str | int = "default"
@@ -99,6 +103,9 @@ class RunConfig:
     train_log_interval: int = 10
     device: str = "cpu"
     progress: bool = True
+    processes: int = 1
+    """Data-parallel processes (:mod:`probprec.bench.data_parallel`): more than 1 needs a ``torch.distributed``
+    group of that many processes, which :func:`probprec.bench.data_parallel.run_data_parallel` sets up."""
 
 
 @dataclass
@@ -201,6 +208,9 @@ class _Settings:
     hyperparams: dict[str, Any]
     epochs: int
     batch_size: int
+    """The batch of one process."""
+    processes: int
+    """Data-parallel processes (1: one process); the global batch is ``processes x batch_size``."""
     restart: int | str
     """Epochs between fresh estimates, ``"optimizer"`` or ``"never"`` (:func:`_restart_every`)."""
     folder: Path
@@ -230,15 +240,18 @@ def _settings(config: RunConfig) -> _Settings:
     epochs = _check_positive_int("epochs", config.epochs if config.epochs is not None else problem.epochs)
     batch_size = _check_positive_int("batch size",
                                      config.batch_size if config.batch_size is not None else problem.batch_size)
+    processes = _check_positive_int("processes", config.processes)
     _check_positive_int("train_log_interval", config.train_log_interval)
     if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {config.seed!r}")
     restart = _restart_every(config, problem.restart_every)
     hyperparams = spec.hyperparameters(problem.name, config.hyperparams)
-    training_params = {} if config.restart == "default" else {"restart": restart}
+    training_params: dict[str, Any] = {} if config.restart == "default" else {"restart": restart}
+    if processes > 1:
+        training_params["processes"] = processes
     folder = Path(config.output_dir) / problem.name / spec.name / settings_folder(
-        epochs, batch_size, config.l2, _plain(hyperparams), training_params)
-    return _Settings(problem, spec, hyperparams, epochs, batch_size, restart, folder)
+        epochs, batch_size * processes, config.l2, _plain(hyperparams), training_params)
+    return _Settings(problem, spec, hyperparams, epochs, batch_size, processes, restart, folder)
 
 
 def run_folder(config: RunConfig) -> Path:
@@ -271,61 +284,116 @@ def finished_result(config: RunConfig, folder: Path | None = None) -> Path | Non
     return found[0] if found else None
 
 
-def _prepare(config: RunConfig) -> _Prepared:
-    """Validate the configuration and build everything; raises ConfigError on bad input."""
+def _build_optimizer(settings: _Settings, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The run's optimizer over the problem's parameter groups of ``model``; raises ConfigError on bad values."""
+    try:
+        return settings.spec.build(settings.problem.param_groups(model), settings.hyperparams)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"invalid hyperparameters for {settings.spec.name}: {error}") from None
+
+
+def _prepare(config: RunConfig, parallel: ProcessLayout) -> _Prepared:
+    """Validate the configuration and build everything; raises ConfigError on bad input.
+
+    The output folder is created by the process that writes (:attr:`ProcessLayout.writes`) only.
+    """
     settings = _settings(config)
-    device = resolve_device(config.device)
+    device = parallel.device(config.device)
     try:
         splits = settings.problem.splits(config.data_dir, download=config.download)
     except DataMissingError as error:
         raise ConfigError(str(error)) from None
     train_size = len(splits.train)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours have one
-    if train_size < settings.batch_size:
-        raise ConfigError(f"batch size {settings.batch_size} is larger than the training set ({train_size} examples)")
+    total = settings.batch_size * settings.processes
+    if train_size < total:
+        size = f"{settings.batch_size} x {settings.processes} processes = {total}" if settings.processes > 1 else total
+        raise ConfigError(f"batch size {size} is larger than the training set ({train_size} examples)")
     _seed_everything(config.seed)
     model = settings.problem.model().to(device)
-    try:
-        optimizer = settings.spec.build(settings.problem.param_groups(model), settings.hyperparams)
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"invalid hyperparameters for {settings.spec.name}: {error}") from None
-    ensure_writable_folder(config.output_dir)
+    optimizer = _build_optimizer(settings, model)
+    parallel.check_optimizer(optimizer)
+    if parallel.writes:
+        ensure_writable_folder(config.output_dir)
     return _Prepared(settings, device, splits, model, optimizer)
+
+
+def check_data_parallel(config: RunConfig) -> None:
+    """What can be checked of a data-parallel run before its processes start (no data is loaded).
+
+    Raises:
+        ConfigError: a bad problem, optimizer, budget or hyperparameter, or an optimizer that cannot train
+            data-parallel (:func:`probprec.bench.data_parallel.refusal`).
+    """
+    from .data_parallel import refusal
+
+    settings = _settings(config)
+    reason = refusal(_build_optimizer(settings, settings.problem.model()))
+    if reason:
+        raise ConfigError(reason)
 
 
 def run(config: RunConfig) -> RunResult:
     """Run (or resume, or skip) one configuration; see the module docstring.
 
-    One process at a time runs a configuration, whoever started it (:mod:`probprec.bench.locks`).
+    One process at a time runs a configuration, whoever started it (:mod:`probprec.bench.locks`); in a
+    data-parallel run, rank 0 holds the lock and the others follow its decisions.
 
     Raises:
         ConfigError: on bad input, before anything is written.
         LockHeldError: another process is running this configuration (nothing was changed).
     """
-    prepared = _prepare(config)
+    parallel = layout(config.processes)
+    prepared = parallel.agree(lambda: _prepare(config, parallel), rank0_first=config.download)
     settings = prepared.settings
-    with holding(run_lock_path(settings.folder, config.seed),
-                 f"{settings.problem.name} {settings.spec.name} seed {config.seed} is already running in {{holder}} "
-                 f"(settings folder {settings.folder}); wait for it to finish, then the same command skips or "
-                 "resumes it"):
-        return _run_prepared(config, prepared)
+    with parallel.hold(lambda: holding(
+            run_lock_path(settings.folder, config.seed),
+            f"{settings.problem.name} {settings.spec.name} seed {config.seed} is already running in {{holder}} "
+            f"(settings folder {settings.folder}); wait for it to finish, then the same command skips or resumes it")):
+        return _run_prepared(config, prepared, parallel)
 
 
-def _run_prepared(config: RunConfig, prepared: _Prepared) -> RunResult:
-    """The body of :func:`run`, under the run's lock: skip, or resume or start, train, and write the result."""
+@dataclass
+class _Start:
+    """Where a run starts: skipped (a finished result), or its record, first epoch and result file."""
+
+    skipped: bool
+    path: Path
+    record: dict[str, Any]
+    epoch: int = 0
+
+
+def _start(config: RunConfig, prepared: _Prepared, loader_generator: torch.Generator, checkpoint: Path) -> _Start:
+    """Skip, resume (loading the checkpoint) or start anew; decided by the process that writes."""
     settings = prepared.settings
     done = None if config.force else _finished(settings.folder, config.seed)
     if done is not None:
-        return RunResult("skipped", *done)
-    loader_generator = torch.Generator().manual_seed(config.seed)
-    checkpoint = checkpoint_path(settings.folder, config.seed)
+        return _Start(True, *done)
     record, start_epoch = _new_record(config, prepared), 0
     if checkpoint.exists():
         record, start_epoch = _resume(checkpoint, prepared, loader_generator)
-    path = _result_file(config, settings, record, start_epoch)
-    not_written = _Training(config, prepared, record, loader_generator, checkpoint).train(start_epoch)
+    return _Start(False, _result_file(config, settings, record, start_epoch), record, start_epoch)
+
+
+def _run_prepared(config: RunConfig, prepared: _Prepared, parallel: ProcessLayout) -> RunResult:
+    """The body of :func:`run`, under the run's lock: skip, or resume or start, train, and write the result.
+
+    In a data-parallel run rank 0 decides and the others follow: they load rank 0's checkpoint and take its record.
+    """
+    settings = prepared.settings
+    loader_generator = torch.Generator().manual_seed(config.seed)
+    checkpoint = checkpoint_path(settings.folder, config.seed)
+    start = parallel.share(lambda: _start(config, prepared, loader_generator, checkpoint))
+    if start.skipped:
+        return RunResult("skipped", start.path, start.record)
+    if start.epoch > 0 and not parallel.writes:
+        _resume(checkpoint, prepared, loader_generator)
+    record = start.record
+    not_written = _Training(config, prepared, record, loader_generator, checkpoint, parallel).train(start.epoch)
+    parallel.settle(record)
     finished = _finished_record(record, has_accuracy=settings.problem.metric == "accuracy")
-    _write_record(path, finished, checkpoint, not_written)
-    return RunResult(record["status"], path, finished)
+    if parallel.writes:
+        _write_record(start.path, finished, checkpoint, not_written)
+    return RunResult(record["status"], start.path, finished)
 
 
 def _new_record(config: RunConfig, prepared: _Prepared) -> dict[str, Any]:
@@ -333,11 +401,14 @@ def _new_record(config: RunConfig, prepared: _Prepared) -> dict[str, Any]:
     settings, splits = prepared.settings, prepared.splits
     problem = settings.problem
     sizes = {f"{name}_size": len(getattr(splits, name)) for name in ("train", "valid", "test")}
+    training_params: dict[str, Any] = {"restart": settings.restart, "train_log_interval": config.train_log_interval}
+    if settings.processes > 1:
+        training_params["processes"] = settings.processes
     return {
-        "testproblem": problem.name, "batch_size": settings.batch_size, "num_epochs": settings.epochs,
-        "random_seed": config.seed, "weight_decay": problem.l2, "optimizer_name": settings.spec.name,
-        "optimizer_hyperparams": _plain(settings.hyperparams),
-        "training_params": {"restart": settings.restart, "train_log_interval": config.train_log_interval},
+        "testproblem": problem.name, "batch_size": settings.batch_size * settings.processes,
+        "num_epochs": settings.epochs, "random_seed": config.seed, "weight_decay": problem.l2,
+        "optimizer_name": settings.spec.name, "optimizer_hyperparams": _plain(settings.hyperparams),
+        "training_params": training_params,
         "train_losses": [], "valid_losses": [], "test_losses": [], "minibatch_train_losses": [],
         "train_accuracies": [], "valid_accuracies": [], "test_accuracies": [],
         "status": "running", "status_reason": None, "stopped_at_step": None, "stopped_at_epoch": None,
@@ -411,17 +482,22 @@ class _SecondOrder(Protocol):
 
 
 class _Training:
-    """The training loop of one run: N+1 evaluations, the steps, the restarts, checkpoints and the run's status."""
+    """The training loop of one run: N+1 evaluations, the steps, the restarts, checkpoints and the run's status.
+
+    ``model`` is the model itself (evaluated, checkpointed, regularised); ``train_model`` is what the training
+    steps call: the model, or its ``DistributedDataParallel`` wrapper in a data-parallel run.
+    """
 
     def __init__(self, config: RunConfig, prepared: _Prepared, record: dict[str, Any],
-                 loader_generator: torch.Generator, checkpoint: Path):
+                 loader_generator: torch.Generator, checkpoint: Path, parallel: ProcessLayout):
         settings = prepared.settings
         self.config, self.settings, self.record, self.checkpoint = config, settings, record, checkpoint
         self.model, self.optimizer, self.device, self.splits = (prepared.model, prepared.optimizer, prepared.device,
                                                                  prepared.splits)
+        self.parallel = parallel
+        self.train_model = parallel.wrap(self.model)
         self.loader_generator = loader_generator
-        self.loader = DataLoader(prepared.splits.train, batch_size=settings.batch_size, shuffle=True, drop_last=True,
-                                 generator=loader_generator)
+        self.loader = parallel.loader(prepared.splits.train, settings.batch_size, loader_generator)
         self.evaluate = _Evaluator(settings.problem, prepared.device, batch_size=max(settings.batch_size, 1000))
         self.second_order = cast(_SecondOrder, self.optimizer) if hasattr(self.optimizer, "create_graph") else None
         self.step: int = record["steps"]
@@ -431,7 +507,7 @@ class _Training:
         """Train from ``start_epoch`` and set the record's status; why the last checkpoint was not written, if so."""
         record, problem = self.record, self.settings.problem
         warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
-        progress = _progress(self.config.progress, self.settings.epochs * len(self.loader),
+        progress = _progress(self.config.progress and self.parallel.writes, self.settings.epochs * len(self.loader),
                              start_epoch * len(self.loader), f"{problem.name} {self.settings.spec.name} seed "
                                                              f"{self.config.seed}")
         self.epoch = start_epoch
@@ -479,7 +555,7 @@ class _Training:
             progress.set_postfix_str(_postfix(record, self.settings.problem.metric == "accuracy"))
             if not math.isfinite(record["train_losses"][-1]):
                 raise _Diverged(f"non-finite evaluation loss after epoch {epoch}", self.step)
-            if epoch + 1 < epochs:
+            if epoch + 1 < epochs and self.parallel.writes:
                 save_checkpoint(self.checkpoint, self.model, self.optimizer, record, epoch + 1, self.loader_generator)
                 pause_if_asked(epoch + 1, self.checkpoint)
 
@@ -500,21 +576,15 @@ class _Training:
 
     def _train_epoch(self, progress: _Progress) -> None:
         """One pass over the training set; its wall-clock and CPU time go to the record."""
-        problem, optimizer, second_order, record = self.settings.problem, self.optimizer, self.second_order, self.record
+        second_order, record = self.second_order, self.record
         on_demand = second_order if self.settings.restart == "optimizer" else None
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        training_mode(optimizer)
+        training_mode(self.optimizer)
         for x, y in self.loader:
             x, y = x.to(self.device), y.to(self.device)
             if on_demand:
                 on_demand.maybe_start_estimate()
-            optimizer.zero_grad(set_to_none=True)
-            loss = problem.loss(self.model(x), y) + problem.penalty(self.model)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise _Diverged(f"training loss {value} at step {self.step} (epoch {self.epoch})", self.step)
-            loss.backward(create_graph=needs_graph(optimizer))
-            optimizer.step()
+            value = self._step(x, y)
             self.step += 1
             if self.step % self.config.train_log_interval == 0:
                 record["minibatch_train_losses"].append(value)
@@ -522,13 +592,36 @@ class _Training:
         record["epoch_wall_times"].append(time.perf_counter() - wall0)
         record["epoch_cpu_times"].append(time.process_time() - cpu0)
 
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One training step on the batch ``(x, y)``; its training loss (over every process's batch).
+
+        The gradient's graph is built when the optimizer asks (:func:`needs_graph`); a data-parallel model then
+        runs forward and backward outside DDP's all-reduce (:meth:`ProcessLayout.step`). A non-finite loss stops the
+        run before the backward pass, on every process alike.
+        """
+        problem, optimizer = self.settings.problem, self.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        graph = needs_graph(optimizer)
+        with self.parallel.step(self.train_model, graph):
+            loss = problem.loss(self.train_model(x), y) + problem.penalty(self.model)
+            value = self.parallel.mean_loss(loss)
+            if not math.isfinite(value):
+                raise _Diverged(f"training loss {value} at step {self.step} (epoch {self.epoch})", self.step)
+            loss.backward(create_graph=graph)
+        optimizer.step()
+        return value
+
     def _evaluation(self) -> None:
-        """Loss and accuracy on train_eval, valid and test, appended to the record with the time they took."""
+        """Loss and accuracy on train_eval, valid and test, appended to the record with the time they took.
+
+        In a data-parallel run rank 0 evaluates and every process records its numbers.
+        """
         t0 = time.perf_counter()
         splits = self.splits
         evaluation_mode(self.optimizer)
-        for split, name in ((splits.train_eval, "train"), (splits.valid, "valid"), (splits.test, "test")):
-            loss, accuracy = self.evaluate(self.model, split)
+        names = ((splits.train_eval, "train"), (splits.valid, "valid"), (splits.test, "test"))
+        numbers = self.parallel.evaluate(lambda: [self.evaluate(self.model, split) for split, _ in names])
+        for (loss, accuracy), (_, name) in zip(numbers, names, strict=True):
             self.record[f"{name}_losses"].append(loss)
             self.record[f"{name}_accuracies"].append(accuracy)
         self.record["eval_wall_times"].append(time.perf_counter() - t0)

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(importlib.util.find_spec("ruff") is None, reason="ruff is not installed (pip install -e '.[test]')")
 def test_ruff_clean():
-    command = [sys.executable, "-m", "ruff", "check", "src", "tests", "benchmarks"]
+    command = [sys.executable, "-m", "ruff", "check", "src", "tests", "benchmarks", "docs", "examples"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -6,25 +6,25 @@ and its fix are described in :mod:`probprec.thesis`); with every fix it behaves 
 The estimator (:mod:`probprec.estimator`) and the optimizer call these hooks and never ask which quirks
 are on:
 
-=========================  ===============================================================
-hook                       what differs
-=========================  ===============================================================
-``configure``              the observation policy (same minibatch) and orthogonalisation
-``final_start``            the prior's schedule: where its final group starts (if any)
-``paired_probes``          probes shared by pairs of prior minibatches, or one per minibatch
-``prior_noise``            the noise level from paired products, or the reference formula
-``step_size_usable``       whether a negative or non-finite step size is refused
-``first_observation``      the posterior's first column from the prior's final group or means
-``extra_switch_step``      one more minibatch without a product before the update
-``direction_weight_decay`` weight decay in the active directions
-``coefficients``           the active direction's coefficients (exact or the reference's)
-``extract``                eigenpairs (Rayleigh-Ritz or posterior mean) or singular pairs
-``factors``                the preconditioner's factors: Newton/paper rule or absolute units
-``after_cycle``            the inner optimizer kept, or rebuilt (momentum reset)
-``update_weight_decay``    weight decay before preconditioning, or left to the inner optimizer
-``grad_keeps_product``     ``p.grad`` the true gradient after an estimation step, or :math:`g + Hv`
-``keeps_preconditioned``   ``p.grad`` the true gradient after an update, or :math:`Pg`
-=========================  ===============================================================
+============================  ===============================================================
+hook                          what differs
+============================  ===============================================================
+``configure``                 the observation policy (same minibatch) and orthogonalisation
+``final_start``               the prior's schedule: where its final group starts (if any)
+``paired_probes``             probes shared by pairs of prior minibatches, or one per minibatch
+``prior_noise``               the noise level from paired products, or the reference formula
+``step_size_usable``          whether a negative or non-finite step size is refused
+``first_observation``         the posterior's first column from the prior's final group or means
+``extra_switch_step``         one more minibatch without a product before the update
+``direction_weight_decay``    weight decay in the active directions
+``coefficients``              the active direction's coefficients (exact or the reference's)
+``extract``                   eigenpairs (Rayleigh-Ritz or posterior mean) or singular pairs
+``factors``                   the preconditioner's factors: Newton/paper rule or absolute units
+``after_cycle``               the inner optimizer kept, or rebuilt (momentum reset)
+``update_weight_decay``       weight decay before preconditioning, or left to the inner optimizer
+``grad_keeps_product``        ``p.grad`` the true gradient after an estimation step, or :math:`g + Hv`
+``keeps_preconditioned``      ``p.grad`` the true gradient after an update, or :math:`Pg`
+============================  ===============================================================
 """
 
 from __future__ import annotations

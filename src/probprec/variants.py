@@ -1,13 +1,15 @@
 """The variants of thesis Table 4.1, as thin subclasses of :class:`~probprec.Preconditioner`.
 
-=========================  =========  ==============  =========  =========
-class                      (1) prior  (2) adaptive lr (3) build P (4) apply P
-=========================  =========  ==============  =========  =========
-PreconditionedSGD          yes        yes             yes        yes
-AdaptiveSGD                yes        yes             yes        no
-OnlyAdaptiveSGD            yes        yes             no         no
-PreconditionedTunedSGD     yes        no (user lr)    yes        yes
-=========================  =========  ==============  =========  =========
+=========================  =========  ===============  =========  =========
+class                      (1) prior  (2) adaptive lr  (3) build  (4) apply
+=========================  =========  ===============  =========  =========
+PreconditionedSGD          yes        yes              yes        yes
+AdaptiveSGD                yes        yes              yes        no
+OnlyAdaptiveSGD            yes        yes              no         no
+PreconditionedTunedSGD     yes        no (user lr)     yes        yes
+=========================  =========  ===============  =========  =========
+
+(3) builds the preconditioner :math:`P`, (4) applies it.
 
 ``OnlyAdaptiveSGD`` stops each cycle after the prior: it computes no posterior,
 no low-rank estimate and only ``prior_iterations`` Hessian-vector products.

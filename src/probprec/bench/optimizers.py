@@ -118,6 +118,8 @@ def _specs() -> dict[str, OptimizerSpec]:
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = _specs()
+"""Every optimizer known by name: the baselines, the variants of :mod:`probprec`, each of them again in thesis
+mode (``Thesis...``), and the peers (:mod:`.peers`)."""
 
 
 def get_optimizer(name: str) -> OptimizerSpec:

@@ -1,9 +1,9 @@
 """The result schema: what a run result must hold before it is analysed, checked key by key.
 
 Three formats are read (:func:`check_record` is given the record already in DeepOBS 1.2's keys, see
-:func:`probprec.bench.analysis.load.normalize`):
+:func:`probprec.bench.analysis.records.normalize`):
 
-* **ours**: DeepOBS 1.2's keys plus ``status`` (one of :data:`probprec.bench.results.STATUSES`), timing,
+* **ours**: DeepOBS 1.2's keys plus ``status`` (one of ``probprec.bench.results.STATUSES``), timing,
   optimizer logs and metadata;
 * **DeepOBS 1.2**: no status, timing or logs;
 * **DeepOBS 1.1**: flat ``optimizer``, ``learning_rate`` and ``hyperparams`` keys, no validation curves.

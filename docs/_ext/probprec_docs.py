@@ -53,17 +53,23 @@ def public_names(module: ModuleType) -> list[str]:
     return list(getattr(module, "__all__", []))
 
 
-def _position(module: ModuleType, name: str, value: Any, source: str) -> tuple[int, int]:
-    """Where ``name`` is defined: objects of this module in source order, then what it imports."""
-    if getattr(value, "__module__", module.__name__) == module.__name__:
-        try:
-            return 0, inspect.getsourcelines(value)[1]
-        except (OSError, TypeError):
-            pass
+def _position(module: ModuleType, name: str, value: Any, source: str) -> tuple[int, str, int]:
+    """Where ``name`` is defined: objects of this module in source order, then what it imports.
+
+    Imported objects are ordered by their defining module and its source order (``probprec``'s page: the
+    optimizer, then its variants).
+    """
+    defined = getattr(value, "__module__", module.__name__)
+    try:
+        line = inspect.getsourcelines(value)[1]
+    except (OSError, TypeError):
+        line = 0
+    if defined == module.__name__ and line:
+        return 0, "", line
     match = re.search(rf"^{re.escape(name)}\b\s*[:=]", source, re.MULTILINE)
     if match:
-        return 0, source.count("\n", 0, match.start())
-    return 1, 0
+        return 0, "", source.count("\n", 0, match.start())
+    return 1, str(defined), line
 
 
 def _directive(name: str, value: Any) -> list[str]:
@@ -197,12 +203,40 @@ def write_api_pages(folder: Path) -> list[str]:
 
 _CANONICAL: dict[str, str] = {}
 """``module.name`` -> the full name it is documented under, for the build in progress."""
+_FOLLOW: dict[str, str] = {}
+"""Documented full name of a re-exported class or function -> the module whose source viewcode shows."""
+
+
+def follow_map(canonical: dict[str, str]) -> dict[str, str]:
+    """Where viewcode may show the source of a re-exported class or function (and link back from it).
+
+    viewcode links a source module back to one documenting module only, so a re-export is followed to its
+    source only where that module's objects are all documented on one page (``probprec.Preconditioner``
+    in ``probprec/optimizer.py``); elsewhere the re-export gets no source link rather than a wrong one.
+    """
+    documenters: dict[str, set[str]] = {}
+    defined_in: dict[str, str] = {}
+    for full in set(canonical.values()):
+        module_name, name = full.rsplit(".", 1)
+        value = getattr(importlib.import_module(module_name), name)
+        source = value.__module__ if inspect.isclass(value) or inspect.isroutine(value) else module_name
+        documenters.setdefault(source, set()).add(module_name)
+        if source != module_name:
+            defined_in[full] = source
+    return {full: source for full, source in defined_in.items()
+            if documenters[source] == {full.rsplit(".", 1)[0]}}
+
+
+def _follow_imported(app: Sphinx, modname: str, attribute: str) -> str:
+    return _FOLLOW.get(f"{modname}.{attribute.split('.')[0]}", modname)
 
 
 def _on_builder_inited(app: Sphinx) -> None:
     modules = write_api_pages(Path(app.srcdir) / GENERATED / "api")
     _CANONICAL.clear()
     _CANONICAL.update(canonical_names(modules))
+    _FOLLOW.clear()
+    _FOLLOW.update(follow_map(_CANONICAL))
 
 
 def _resolve_alias(app: Sphinx, env: Any, node: Any, contnode: nodes.Node) -> nodes.Node | None:
@@ -358,5 +392,6 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("builder-inited", _on_builder_inited)
     app.connect("autodoc-process-docstring", _drop_borrowed_docstrings, priority=100)  # before napoleon
     app.connect("missing-reference", _resolve_alias)
+    app.connect("viewcode-follow-imported", _follow_imported)
     app.add_directive("probprec-table", TableDirective)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

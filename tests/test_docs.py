@@ -149,7 +149,7 @@ def test_every_public_name_has_an_entry_in_the_api_reference(site: Path):
     """Every name in the ``__all__`` of a public module is documented: under its own full name, or its module's
     page links to the entry of the very same object (a re-export, documented once)."""
     inventory = _inventory(site)
-    python = {name: item for kind, entries in inventory.items() if kind.startswith("py:") for name, item in entries.items()}
+    python = {name for kind, entries in inventory.items() if kind.startswith("py:") for name in entries}
     top_level = ("py:class", "py:exception", "py:function", "py:data")  # what a module's __all__ can hold
     by_identity: dict[int, list[str]] = {}
     for name, item in ((n, i) for kind in top_level for n, i in inventory.get(kind, {}).items()):

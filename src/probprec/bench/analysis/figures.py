@@ -5,6 +5,14 @@ count its curves) drawn with tueplots' NeurIPS sizes and fonts, without LaTeX;
 :func:`save_figure` writes it as PNG and PDF. Colours follow the optimizer
 order, so an optimizer has the same colour in every figure of a report.
 
+The layout: constrained layout places the panels; legends go below the panels
+(in as many columns as fit the figure's width) and name every line, except lines
+marked :data:`UNLABELED` by design; rows of metrics that the figure's problems do
+not have are left out (loss-only problems get no accuracy rows) and a panel
+without data is left blank; and each figure grows, before it is returned, until
+every text lies inside it and no panel is squeezed (:func:`_fit`), so that the
+saved files, written at the figure's size and not cropped, cut nothing off.
+
 * :func:`performance_figure`: test loss, train loss, test accuracy, train accuracy
   against epochs, one column per problem; the median over seeds with the
   quartiles (or the mean with one standard deviation), reference runs dashed
@@ -39,13 +47,16 @@ if TYPE_CHECKING:  # matplotlib loads when a figure is drawn
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["PANEL_METRICS", "FigureSummary", "colors_for", "contest_figure", "grid_figure", "optimizer_state_figure",
-           "performance_figure", "profile_figure", "runtime_figure", "save_figure", "sensitivity_figure", "summarize"]
+__all__ = ["PANEL_METRICS", "UNLABELED", "FigureSummary", "colors_for", "contest_figure", "grid_figure",
+           "optimizer_state_figure", "performance_figure", "profile_figure", "runtime_figure", "save_figure",
+           "sensitivity_figure", "summarize"]
 
 PANEL_METRICS = ("test_loss", "train_loss", "test_accuracy", "train_accuracy")
 LABELS = {"test_loss": "test loss", "train_loss": "train loss", "valid_loss": "validation loss",
           "test_accuracy": "test accuracy", "train_accuracy": "train accuracy",
           "valid_accuracy": "validation accuracy", "step_size": "step size", "top_curvature": "top curvature"}
+UNLABELED = "unlabeled"
+"""The ``gid`` of lines left out of the legends by design (the runtime figure's baseline line and bars)."""
 
 
 @contextmanager
@@ -107,14 +118,19 @@ def summarize(fig: Figure) -> FigureSummary:
     return FigureSummary(len(lines), lines, texts, limits, bands)
 
 
-def save_figure(fig: Figure, stem: str | Path, dpi: int = 150) -> list[Path]:
-    """Write ``stem.png`` and ``stem.pdf`` atomically (:mod:`probprec.bench.atomic`); closes the figure."""
+def save_figure(fig: Figure, stem: str | Path, dpi: int = 150,
+                formats: Sequence[str] = (".png", ".pdf")) -> list[Path]:
+    """Write ``stem.png`` and ``stem.pdf`` atomically (:mod:`probprec.bench.atomic`); closes the figure.
+
+    The files show the whole figure at its size (not cropped): the figure functions make everything fit in it.
+    ``formats``: the suffixes to write, in this order.
+    """
     import matplotlib.pyplot as plt
 
     stem = Path(stem)
     written = []
     try:
-        for suffix in (".png", ".pdf"):
+        for suffix in formats:
             path = stem.with_suffix(suffix)
             with atomic_writer(path, "wb") as handle:
                 fig.savefig(handle, dpi=dpi, format=suffix[1:])
@@ -214,49 +230,141 @@ def performance_figure(aggregated: pd.DataFrame, problems: Sequence[str], optimi
         reference_labels: reference optimizer -> its legend label (default: "NAME (reference)").
         legacy: the problems whose settings were chosen on the test set; their titles say so.
 
-    Every axis is labelled ``"<problem>: <metric>"`` (``Axes.get_label``), for tests and tools.
+    Every axis is labelled ``"<problem>: <metric>"`` (``Axes.get_label``), for tests and tools. The rows are the
+    metrics that these problems have (a figure of loss-only problems has the two loss rows); a panel without data
+    is left blank.
     """
     if spread not in ("quartiles", "std"):
         raise ValueError(f"spread must be 'quartiles' or 'std', got {spread!r}")
     colors = colors or colors_for(optimizers)
-    has_accuracy = aggregated["metric"].isin(["test_accuracy", "train_accuracy"]).any() or (
-        reference is not None and reference["metric"].isin(["test_accuracy", "train_accuracy"]).any())
-    metrics = PANEL_METRICS if has_accuracy else PANEL_METRICS[:2]
+    shown = aggregated[aggregated["problem"].isin(list(problems)) & aggregated["optimizer"].isin(list(optimizers))]
+    refs_shown = reference[reference["problem"].isin(list(problems))] if reference is not None else shown.iloc[:0]
+    present = set(shown["metric"]) | set(refs_shown["metric"])
+    metrics = [m for m in PANEL_METRICS if m in present] or list(PANEL_METRICS[:2])
     names = [] if reference is None else list(dict.fromkeys(reference["optimizer"]))
     references = {name: (reference_labels or {}).get(name, f"{name} (reference)") for name in names}
     with _style() as plt:
         fig, axes = plt.subplots(len(metrics), len(problems), squeeze=False,
                                  figsize=(max(3.0, 2.6 * len(problems)), 1.9 * len(metrics)))
-        for col, problem in enumerate(problems):
-            for row, metric in enumerate(metrics):
-                ax = axes[row][col]
-                ax.set_label(f"{problem}: {metric}")
-                rows = aggregated[(aggregated["problem"] == problem) & (aggregated["metric"] == metric)]
-                refs = (reference[(reference["problem"] == problem) & (reference["metric"] == metric)]
-                        if reference is not None else aggregated.iloc[:0])
-                if rows.empty and refs.empty:
-                    ax.set_axis_off()
-                    continue
+        drawn = np.zeros(axes.shape, dtype=bool)
+        for (row, col), ax in np.ndenumerate(axes):
+            problem, metric = problems[col], metrics[row]
+            ax.set_label(f"{problem}: {metric}")
+            rows = shown[(shown["problem"] == problem) & (shown["metric"] == metric)]
+            refs = refs_shown[(refs_shown["problem"] == problem) & (refs_shown["metric"] == metric)]
+            if len(rows) or len(refs):
                 _panel(ax, rows, refs, metric, optimizers, colors, references, spread)
-                if row == 0:
-                    ax.set_title(_title(problem, legacy))
-                if col == 0:
-                    ax.set_ylabel(LABELS[metric])
-                ax.set_xlabel("epoch")
+                drawn[row, col] = True
+        _label_grid(axes, drawn, [_title(p, legacy) for p in problems], [LABELS[m] for m in metrics])
         _legend(fig, axes)
+        _fit(fig)
     return fig
 
 
-def _legend(fig: Figure, axes: np.ndarray) -> None:
+_MARGIN = 0.03
+"""Inches kept free at the figure's edges (legend width, growth in :func:`_fit`)."""
+
+
+def _legend(fig: Figure, axes: np.ndarray | Sequence[Axes]) -> None:
+    """One legend below the panels naming every labelled line once, in as many columns as fit the figure.
+
+    A legend wider than the figure would be cut off at both ends; a single column that is still too wide is
+    left to :func:`_fit`, which widens the figure. The figure grows by the legend's height, so that the panels
+    keep theirs.
+    """
     handles, labels = {}, []
-    for ax in np.ravel(axes):
+    for ax in np.ravel(np.asarray(axes, dtype=object)):
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             if label not in handles:
                 handles[label] = handle
                 labels.append(label)
-    if handles:
-        fig.legend([handles[label] for label in labels], labels, loc="outside lower center",
-                   ncols=min(len(labels), 4), frameon=False)
+    if not handles:
+        return
+    room = (fig.get_figwidth() - 2 * _MARGIN) * fig.dpi
+    for ncols in range(len(labels), 0, -1):
+        legend = fig.legend([handles[label] for label in labels], labels, loc="outside lower center", ncols=ncols,
+                            frameon=False)
+        box = legend.get_window_extent()
+        if ncols == 1 or box.width <= room:
+            fig.set_size_inches(fig.get_figwidth(), fig.get_figheight() + box.height / fig.dpi)
+            return
+        legend.remove()
+
+
+def _fit(fig: Figure, panel: tuple[float, float] = (1.0, 0.75), tries: int = 5) -> None:
+    """Grow ``fig`` until everything drawn lies inside it and every panel keeps ``panel`` inches (width, height).
+
+    Constrained layout keeps labels and legends inside the figure only while they fit: a y label longer than its
+    panel is high, an x label wider than the figure, or a legend whose widest entry is wider than the figure
+    sticks out and is cut off when saved; long tick labels can squeeze a panel to nothing, and then the layout is
+    not applied at all. Each pass lays the figure out (as drawing would, without drawing) and grows it, on each
+    axis, by twice what sticks out on the worse side (a centred text then fits in one pass) plus a margin, and by
+    what the narrowest (lowest) panel lacks times the panels side by side (one above the other).
+    """
+    for _ in range(tries):
+        collapsed = _lay_out(fig)
+        width, height = fig.get_size_inches()
+        box = fig.get_tightbbox()
+        over_x, over_y = max(-box.x0, box.x1 - width, 0.0), max(-box.y0, box.y1 - height, 0.0)
+        short_x, short_y = _shortfall(fig, panel, collapsed)
+        grow_x = (2 * over_x + _MARGIN if over_x > 0 else 0.0) + short_x
+        grow_y = (2 * over_y + _MARGIN if over_y > 0 else 0.0) + short_y
+        if grow_x <= 0 and grow_y <= 0:
+            return
+        fig.set_size_inches(width + grow_x, height + grow_y)
+
+
+def _lay_out(fig: Figure) -> bool:
+    """Apply the figure's layout engine; whether it gave up because the panels would collapse."""
+    import warnings
+
+    engine = fig.get_layout_engine()
+    if engine is None:
+        return False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine.execute(fig)
+    collapsed = [w for w in caught if "collapsed" in str(w.message)]
+    for other in (w for w in caught if w not in collapsed):
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    return bool(collapsed)
+
+
+def _shortfall(fig: Figure, panel: tuple[float, float], collapsed: bool) -> tuple[float, float]:
+    """Inches to add to the figure's width and height so that every drawn panel is at least ``panel`` big."""
+    width, height = fig.get_size_inches()
+    short_x = short_y = 0.0
+    for ax in fig.axes:
+        spec = ax.get_subplotspec()
+        if spec is None or not (ax.get_visible() and ax.axison):
+            continue
+        rows, columns = spec.get_gridspec().get_geometry()
+        box = ax.get_position()
+        shown_x, shown_y = (0.0, 0.0) if collapsed else (box.width * width, box.height * height)
+        short_x = max(short_x, (panel[0] - shown_x) * columns)
+        short_y = max(short_y, (panel[1] - shown_y) * rows)
+    return short_x, short_y
+
+
+def _label_grid(axes: np.ndarray, drawn: np.ndarray, titles: Sequence[str], ylabels: Sequence[str],
+                xlabel: str = "epoch") -> None:
+    """Switch off the panels without data; the titles, y and x labels on each column's or row's outer panels.
+
+    ``drawn[r, c]``: whether panel ``(r, c)`` shows data. Column ``c``'s title goes on its top drawn panel and
+    ``xlabel`` under its bottom one; row ``r``'s y label on its leftmost drawn panel.
+    """
+    for (row, column), ax in np.ndenumerate(axes):
+        if not drawn[row, column]:
+            ax.set_axis_off()
+    for column, title in enumerate(titles):
+        rows = np.flatnonzero(drawn[:, column])
+        if len(rows):
+            axes[rows[0], column].set_title(title)
+            axes[rows[-1], column].set_xlabel(xlabel)
+    for row, label in enumerate(ylabels):
+        columns = np.flatnonzero(drawn[row])
+        if len(columns):
+            axes[row, columns[0]].set_ylabel(label)
 
 
 def runtime_figure(ratios: pd.DataFrame, optimizers: Sequence[str], baseline: str,
@@ -264,6 +372,8 @@ def runtime_figure(ratios: pd.DataFrame, optimizers: Sequence[str], baseline: st
     """Time per epoch relative to ``baseline`` (wall clock and CPU); ``ratios`` from ``runtime_ratios``.
 
     Every run is a dot; the line through each optimizer's dots marks its median with the quartiles as error bar.
+    No legend: the tick labels name the optimizers, and the bars and the baseline's line at 1 are marked
+    :data:`UNLABELED`.
     """
     colors = colors or colors_for(optimizers)
     panels = [c for c in ("wall_ratio", "cpu_ratio") if c in ratios and ratios[c].notna().any()]
@@ -278,11 +388,19 @@ def runtime_figure(ratios: pd.DataFrame, optimizers: Sequence[str], baseline: st
                 ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=8, color=colors.get(optimizer),
                            alpha=0.6)
                 q25, median, q75 = values.quantile([0.25, 0.5, 0.75])
-                ax.errorbar([i], [median], yerr=[[median - q25], [q75 - median]], color="k", marker="_",
-                            markersize=14, capsize=3, label=None)
-            ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
+                bars = ax.errorbar([i], [median], yerr=[[median - q25], [q75 - median]], color="k", marker="_",
+                                   markersize=14, capsize=3, label=None)
+                for line in bars.lines[1]:
+                    line.set_gid(UNLABELED)
+                if bars.lines[0] is not None:
+                    bars.lines[0].set_gid(UNLABELED)
+            ax.axhline(1.0, color="gray", linestyle=":", linewidth=1, gid=UNLABELED)
             ax.set_xticks(range(len(optimizers)), optimizers, rotation=30, ha="right")
-            ax.set_ylabel(f"{'wall-clock' if column == 'wall_ratio' else 'CPU'} time / epoch, x {baseline}")
+            clock = "wall-clock" if column == "wall_ratio" else "CPU"
+            ax.set_ylabel(f"{clock} time per epoch\nrelative to {baseline}")
+        for ax in axes[0][len(panels):]:
+            ax.set_axis_off()
+        _fit(fig)
     return fig
 
 
@@ -291,24 +409,25 @@ def grid_figure(aggregated: pd.DataFrame, problems: Sequence[str], batch_sizes: 
                 legacy: Collection[str] = ()) -> Figure:
     """``metric`` against epochs, rows problems, columns batch sizes (``aggregated`` grouped by batch_size).
 
-    ``legacy``: the problems whose settings were chosen on the test set; their row labels say so.
+    ``legacy``: the problems whose settings were chosen on the test set; their row labels say so. Problems and
+    batch sizes without any ``metric`` rows get no row or column; a cell without data is left blank.
     """
     colors = colors or colors_for(optimizers)
+    rows = aggregated[(aggregated["metric"] == metric) & aggregated["optimizer"].isin(list(optimizers))]
+    problems = [p for p in problems if (rows["problem"] == p).any()] or list(problems)
+    batch_sizes = [b for b in batch_sizes if (rows["batch_size"] == b).any()] or list(batch_sizes)
     with _style() as plt:
         fig, axes = plt.subplots(len(problems), len(batch_sizes), squeeze=False, sharey=True,
-                                 figsize=(2.2 * len(batch_sizes), 1.9 * len(problems)))
-        for r, problem in enumerate(problems):
-            for c, batch_size in enumerate(batch_sizes):
-                ax = axes[r][c]
-                rows = aggregated[(aggregated["problem"] == problem) & (aggregated["batch_size"] == batch_size)
-                                  & (aggregated["metric"] == metric)]
-                _curves(ax, rows, optimizers, colors)
-                if r == 0:
-                    ax.set_title(f"batch size {batch_size}")
-                if c == 0:
-                    ax.set_ylabel(f"{_title(problem, legacy)}\n{LABELS.get(metric, metric)}")
-                ax.set_xlabel("epoch")
+                                 figsize=(max(3.0, 2.2 * len(batch_sizes)), 1.9 * len(problems)))
+        drawn = np.zeros(axes.shape, dtype=bool)
+        for (r, c), ax in np.ndenumerate(axes):
+            cell = rows[(rows["problem"] == problems[r]) & (rows["batch_size"] == batch_sizes[c])]
+            _curves(ax, cell, optimizers, colors)
+            drawn[r, c] = bool(len(cell))
+        _label_grid(axes, drawn, [f"batch size {b}" for b in batch_sizes],
+                    [f"{_title(p, legacy)}\n{LABELS.get(metric, metric)}" for p in problems])
         _legend(fig, axes)
+        _fit(fig)
     return fig
 
 
@@ -324,7 +443,7 @@ def sensitivity_figure(points: pd.DataFrame, problems: Sequence[str], curves: Se
         curves: the optimizers drawn as a median line through their seeds.
         references: ``problem, optimizer, final`` rows of optimizers without the hyperparameter; each is a
             dashed horizontal line at its median.
-        metric: the y label.
+        metric: the y label (a panel whose ``points`` name their ``metric`` is labelled with that one).
         colors: optimizer -> colour.
         legacy: the problems whose reference settings were chosen on the test set; their titles say so.
     """
@@ -356,8 +475,10 @@ def sensitivity_figure(points: pd.DataFrame, problems: Sequence[str], curves: Se
             ax.set_xscale("log")
             ax.set_title(_title(problem, legacy))
             ax.set_xlabel(", ".join(dict.fromkeys(rows["hyperparameter"])) if "hyperparameter" in rows else "value")
-            ax.set_ylabel(f"final {LABELS.get(metric, metric)}")
+            shown = list(dict.fromkeys(rows["metric"])) if "metric" in rows and len(rows) else [metric]
+            ax.set_ylabel("final " + ", ".join(LABELS.get(str(m), str(m)) for m in shown))
         _legend(fig, axes)
+        _fit(fig)
     return fig
 
 
@@ -365,31 +486,30 @@ def optimizer_state_figure(aggregated: pd.DataFrame, problems: Sequence[str], op
                            colors: dict[str, str] | None = None, legacy: Collection[str] = ()) -> Figure:
     """The estimated step size (top row) and top curvature (bottom row) per epoch; columns problems.
 
-    ``legacy``: the problems whose settings were chosen on the test set; their titles say so.
+    ``legacy``: the problems whose settings were chosen on the test set; their titles say so. The rows are the
+    quantities these problems' runs logged; a panel without data is left blank.
     """
     colors = colors or colors_for(optimizers)
-    metrics = [m for m in ("step_size", "top_curvature") if (aggregated["metric"] == m).any()]
+    shown = aggregated[aggregated["problem"].isin(list(problems)) & aggregated["optimizer"].isin(list(optimizers))]
+    metrics = [m for m in ("step_size", "top_curvature") if (shown["metric"] == m).any()] or ["step_size"]
     with _style() as plt:
-        fig, axes = plt.subplots(max(len(metrics), 1), len(problems), squeeze=False,
-                                 figsize=(max(3.0, 2.6 * len(problems)), 1.9 * max(len(metrics), 1)))
-        for c, problem in enumerate(problems):
-            for r, metric in enumerate(metrics):
-                ax = axes[r][c]
-                rows = aggregated[(aggregated["problem"] == problem) & (aggregated["metric"] == metric)]
-                _curves(ax, rows, optimizers, colors)
-                _log_if_positive(ax, rows["median"])
-                if r == 0:
-                    ax.set_title(_title(problem, legacy))
-                if c == 0:
-                    ax.set_ylabel(LABELS[metric])
-                ax.set_xlabel("epoch")
+        fig, axes = plt.subplots(len(metrics), len(problems), squeeze=False,
+                                 figsize=(max(3.0, 2.6 * len(problems)), 1.9 * len(metrics)))
+        drawn = np.zeros(axes.shape, dtype=bool)
+        for (r, c), ax in np.ndenumerate(axes):
+            rows = shown[(shown["problem"] == problems[c]) & (shown["metric"] == metrics[r])]
+            _curves(ax, rows, optimizers, colors)
+            _log_if_positive(ax, rows["median"])
+            drawn[r, c] = bool(len(rows))
+        _label_grid(axes, drawn, [_title(p, legacy) for p in problems], [LABELS[m] for m in metrics])
         _legend(fig, axes)
+        _fit(fig)
     return fig
 
 
 def profile_figure(profile: pd.DataFrame, optimizers: Sequence[str], what: str = "seconds",
                    colors: dict[str, str] | None = None) -> Figure:
-    """Performance profiles: the fraction of problems within a factor tau of the fastest."""
+    """Performance profiles: the fraction of problems within a factor tau of the fastest (legend below)."""
     colors = colors or colors_for(optimizers)
     with _style() as plt:
         fig, ax = plt.subplots(figsize=(3.4, 2.4))
@@ -397,10 +517,11 @@ def profile_figure(profile: pd.DataFrame, optimizers: Sequence[str], what: str =
             if optimizer in profile:
                 ax.step(profile.index, profile[optimizer], where="post", color=colors.get(optimizer),
                         label=optimizer)
-        ax.set_xlabel(f"tau (ratio to the fastest, {what} to the validation target)")
+        ax.set_xlabel(f"tau: {what} to the validation target\nas a multiple of the fastest's")
         ax.set_ylabel("fraction of problems")
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(frameon=False)
+        _legend(fig, [ax])
+        _fit(fig)
     return fig
 
 
@@ -438,4 +559,5 @@ def contest_figure(per_problem: pd.DataFrame, problems: Sequence[str], optimizer
         ax.set_title(f"against {baseline}", fontsize=7)
         ax.legend(handles=[Patch(color=color, label=name) for name, color in OUTCOME_COLORS.items()], frameon=False,
                   loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=6)
+        _fit(fig, panel=(0.28 * max(len(columns), 1), 0.24 * max(len(rows), 1)))
     return fig

@@ -218,11 +218,12 @@ class _Table(HTMLParser):
             self.cell.append(data)
 
 
-def _table(site: Path, page: str, name: str) -> list[list[str]]:
+def _table(site: Path, page: str, name: str, header: bool = False) -> list[list[str]]:
+    """The rows of a generated table, without its header (or only the header)."""
     parser = _Table(f"probprec-table-{name}")
     parser.feed((site / page).read_text(encoding="utf-8"))
     assert parser.rows, f"no table {name} on {page}"
-    return parser.rows[1:]  # without the header
+    return parser.rows[:1] if header else parser.rows[1:]
 
 
 def test_the_fixes_table_is_the_quirks_definition(site: Path):
@@ -240,8 +241,8 @@ def test_the_problems_table_is_the_problem_registry(site: Path):
     for row, (name, cls) in zip(rows, PROBLEMS.items(), strict=True):
         model = cls().model()
         count = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        assert row[1:] == [cls.dataset or "embedded", f"{count:,}", str(cls.batch_size), str(cls.epochs),
-                           f"{cls.l2:g}", cls.metric, cls.description], name
+        assert row[1:] == [cls.description, cls.dataset or "embedded", f"{count:,}",
+                           f"{cls.batch_size}, {cls.epochs}, {cls.l2:g}", cls.metric], name
 
 
 def test_the_optimizers_table_is_the_optimizer_registry(site: Path):
@@ -250,9 +251,16 @@ def test_the_optimizers_table_is_the_optimizer_registry(site: Path):
     rows = _table(site, "harness/optimizers.html", "optimizers")
     assert [row[0] for row in rows] == list(OPTIMIZERS)
     for row, spec in zip(rows, OPTIMIZERS.values(), strict=True):
-        assert row[-1] == spec.description
-        assert row[3] == ", ".join(spec.tuned_lr)
-        assert all(f"{key}=" in row[2] for key in spec.defaults)
+        assert row[2] == spec.description
+        assert all(f"{key}={value!r}" in row[3] for key, value in spec.defaults.items())
+    tuned = _table(site, "harness/optimizers.html", "tuned")
+    header = _table(site, "harness/optimizers.html", "tuned", header=True)[0]
+    for row in tuned:
+        for name, cell in zip(header[1:], row[1:], strict=True):
+            rate = OPTIMIZERS[name].tuned_lr.get(row[0])
+            assert cell == ("" if rate is None else f"{rate:.4g}"), (row[0], name)
+    expected = {p for spec in OPTIMIZERS.values() for p in spec.tuned_lr}
+    assert {row[0] for row in tuned} == expected
 
 
 def test_the_experiments_table_is_the_shipped_experiments(site: Path):

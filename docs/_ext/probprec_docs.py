@@ -24,6 +24,7 @@ from typing import Any
 from docutils import nodes
 from docutils.parsers.rst import Directive
 from sphinx.application import Sphinx
+from sphinx.transforms import SphinxTransform
 
 Table = tuple[list[str], list[list[str]]]
 """A table: its header and its rows, every cell plain text (inline ``code`` marked by backquotes)."""
@@ -287,9 +288,9 @@ def problems_table() -> Table:
     for name, cls in PROBLEMS.items():
         problem = cls()
         count = problem.count_parameters(problem.model())
-        rows.append([_code(name), cls.dataset or "embedded", f"{count:,}", str(cls.batch_size), str(cls.epochs),
-                     f"{cls.l2:g}", cls.metric, cls.description])
-    return ["problem", "data", "parameters", "batch size", "epochs", "L2", "metric", "description"], rows
+        rows.append([_code(name), cls.description, cls.dataset or "embedded", f"{count:,}",
+                     f"{cls.batch_size}, {cls.epochs}, {cls.l2:g}", cls.metric])
+    return ["problem", "description", "data", "parameters", "batch, epochs, L2", "metric"], rows
 
 
 def _optimizer_kind(spec: Any) -> str:
@@ -310,10 +311,23 @@ def optimizers_table() -> Table:
     rows = []
     for name, spec in OPTIMIZERS.items():
         defaults = ", ".join(f"{key}={value!r}" for key, value in spec.defaults.items())
-        tuned = ", ".join(_code(problem) for problem in spec.tuned_lr)
-        rows.append([_code(name), _optimizer_kind(spec), _code(defaults) if defaults else "",
-                     tuned, spec.description])
-    return ["name", "kind", "defaults", "tuned learning rate on", "description"], rows
+        rows.append([_code(name), _optimizer_kind(spec), spec.description, _code(defaults) if defaults else ""])
+    return ["name", "kind", "description", "defaults"], rows
+
+
+def tuned_table() -> Table:
+    """The tuned learning rates: one row per problem, one column per optimizer that has any.
+
+    The thesis-mode twins (``Thesis...``) share their variant's rates and are left out.
+    """
+    from probprec.bench.optimizers import OPTIMIZERS
+
+    tuned = {name: spec.tuned_lr for name, spec in OPTIMIZERS.items()
+             if spec.tuned_lr and spec.defaults.get("mode") != "thesis"}
+    problems = list(dict.fromkeys(problem for rates in tuned.values() for problem in rates))
+    rows = [[_code(problem), *(f"{rates[problem]:.4g}" if problem in rates else "" for rates in tuned.values())]
+            for problem in problems]
+    return ["problem", *tuned], rows
 
 
 def experiments_table() -> Table:
@@ -336,6 +350,7 @@ TABLES: dict[str, Callable[[], Table]] = {
     "fixes": fixes_table,
     "problems": problems_table,
     "optimizers": optimizers_table,
+    "tuned": tuned_table,
     "experiments": experiments_table,
 }
 """The generated tables by the name that ``.. probprec-table::`` takes."""
@@ -369,7 +384,7 @@ def table_node(name: str, table: Table) -> nodes.table:
     body = nodes.tbody()
     body += [row(cells) for cells in rows]
     group += [head, body]
-    node = nodes.table(classes=["probprec-table", f"probprec-table-{name}"])
+    node = nodes.table(classes=["probprec-table", f"probprec-table-{name}", "colwidths-auto"])
     node += group
     return node
 
@@ -387,6 +402,54 @@ class TableDirective(Directive):
         return [table_node(name, TABLES[name]())]
 
 
+_COMMAND_LINE_WORDS = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*|\w+=(?:'[^']*'|\"[^\"]*\"|[^\s,;)]+))")
+"""An option (``--hp``) or a ``key=value`` argument in the help text of the command-line reference."""
+
+
+def _ancestors(node: nodes.Node) -> Iterator[nodes.Node]:
+    while node.parent is not None:
+        node = node.parent
+        yield node
+
+
+class CommandLineLiterals(SphinxTransform):
+    """Options and ``key=value`` arguments in the command-line reference's help text become literals.
+
+    Before the smart quotes (priority 855): they would make ``--hp`` an en dash and the quotes of
+    ``betas='(0.9, 0.99)'`` typographic, which a reader cannot paste into a shell.
+    """
+
+    default_priority = 700
+
+    def apply(self, **kwargs: Any) -> None:
+        """Split the text nodes of the ``cli`` page at each option and argument."""
+        if self.env.docname != "cli":
+            return
+        for text in list(self.document.findall(nodes.Text)):
+            parent = text.parent
+            if parent is None or any(isinstance(node, (nodes.literal, nodes.FixedTextElement, nodes.option))
+                                     for node in _ancestors(text)):
+                continue
+            parts = _COMMAND_LINE_WORDS.split(text.astext())
+            if len(parts) == 1:
+                continue
+            new = [nodes.literal(part, part) if index % 2 else nodes.Text(part)
+                   for index, part in enumerate(parts) if part]
+            parent.replace(text, new)
+
+
+def _prose_first_line(self: Any) -> tuple[str, list[str]]:
+    """Napoleon's reading of an attribute's, a constant's or a property's docstring, without the type.
+
+    Napoleon reads such a docstring's first line as ``type: description`` (Google style allows it). The
+    docstrings here are prose, and a colon in their first line starts an explanation ("The current phase:
+    ..."), not a type; the types come from the annotations (``napoleon_attr_annotations``).
+    """
+    first = self._lines.next()
+    lines = [first, *self._dedent(self._consume_to_end())]
+    return "", self.__class__(lines, self._config).lines()
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     """Register the generator of the API pages and the table directive."""
     app.connect("builder-inited", _on_builder_inited)
@@ -394,4 +457,8 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("missing-reference", _resolve_alias)
     app.connect("viewcode-follow-imported", _follow_imported)
     app.add_directive("probprec-table", TableDirective)
+    app.add_transform(CommandLineLiterals)
+    from sphinx.ext.napoleon.docstring import GoogleDocstring
+
+    GoogleDocstring._consume_inline_attribute = _prose_first_line  # type: ignore[method-assign]
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

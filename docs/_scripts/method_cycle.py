@@ -31,7 +31,7 @@ for _ in range(40):
         estimate = opt.curvature_estimate()[0]
         prior_level = 1 / opt.get_log()["step_sizes"][0]
 
-fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
 colors = {"prior": "tab:orange", "posterior": "tab:green"}
 for step, phase in enumerate(phases):
     if phase in colors:
@@ -50,4 +50,4 @@ right.semilogy(range(1, len(sigma) + 1), ritz, "+", color="tab:blue", ms=11, mew
 right.axhline(prior_level, color="tab:orange", ls="--", label=r"prior level $b_0 = 1/\alpha$")
 right.set(xlabel="rank", ylabel="curvature", title="the estimate (rank 2) after the cycle",
           xticks=[1, 5, 10, 15, 20])
-right.legend(fontsize="small", loc="lower left")
+right.legend(fontsize="small", loc="upper right", bbox_to_anchor=(1.0, 0.86))

@@ -25,16 +25,29 @@ from torch.utils.data import DataLoader, TensorDataset
 from probprec import PreconditionedSGD
 from probprec.distributed import curvature_context
 
-warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")  # step() breaks the cycle
+warnings.filterwarnings(
+    "ignore", message="Using backward\\(\\) with create_graph=True"
+)  # step() breaks the cycle
 
 features, labels = load_digits(return_X_y=True)
-data = TensorDataset(torch.tensor(features[:512] / 16.0, dtype=torch.float32), torch.tensor(labels[:512]))
+data = TensorDataset(
+    torch.tensor(features[:512] / 16.0, dtype=torch.float32),
+    torch.tensor(labels[:512]),
+)
 
-accelerator = Accelerator(cpu=True)  # first: it sets up torch.distributed under `accelerate launch`
+accelerator = Accelerator(
+    cpu=True
+)  # first: it sets up torch.distributed under `accelerate launch`
 torch.manual_seed(0)
-model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10))
-optimizer = PreconditionedSGD(model.parameters())  # after the Accelerator: it finds the process group
-loader = DataLoader(data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+model = torch.nn.Sequential(
+    torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10)
+)
+optimizer = PreconditionedSGD(
+    model.parameters()
+)  # after the Accelerator: it finds the process group
+loader = DataLoader(
+    data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+)
 model, prepared_optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
 losses = []
@@ -43,11 +56,18 @@ for _epoch in range(10):
         prepared_optimizer.zero_grad()
         with curvature_context(model, optimizer):
             loss = torch.nn.functional.cross_entropy(model(x), y)
-            accelerator.backward(loss, create_graph=optimizer.create_graph)  # the one changed line
+            accelerator.backward(
+                loss, create_graph=optimizer.create_graph
+            )  # the one changed line
         prepared_optimizer.step()
         losses.append(loss.item())
 
 early, late = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-print(f"{len(losses)} steps: loss {early:.3f} over the first 10 steps, {late:.3f} over the last 10")
-print(f"step sizes {optimizer.get_log()['step_sizes']}, {optimizer.get_log()['cycles_completed']} cycles")
+print(
+    f"{len(losses)} steps: loss {early:.3f} over the first 10, {late:.3f} over the last"
+)
+log = optimizer.get_log()
+print(
+    f"step sizes {log['step_sizes']}, {log['cycles_completed']} cycles completed"
+)
 assert late < 0.5 * early, "the loss went down"

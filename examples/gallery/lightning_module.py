@@ -28,14 +28,27 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from probprec import PreconditionedSGD
 
-logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # no banner about GPUs and TPUs
-warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # a tiny in-memory data set
-warnings.filterwarnings("ignore", message=".*`srun` command is available.*")  # Slurm is installed, not used
-warnings.filterwarnings("ignore", message=".*treespec.*")  # Lightning's own use of a torch API
-warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")  # step() breaks the cycle
+logging.getLogger("lightning.pytorch").setLevel(
+    logging.ERROR
+)  # no banner about GPUs and TPUs
+warnings.filterwarnings(
+    "ignore", message=".*does not have many workers.*"
+)  # a tiny in-memory data set
+warnings.filterwarnings(
+    "ignore", message=".*`srun` command is available.*"
+)  # Slurm is installed, not used
+warnings.filterwarnings(
+    "ignore", message=".*treespec.*"
+)  # Lightning's own use of a torch API
+warnings.filterwarnings(
+    "ignore", message="Using backward\\(\\) with create_graph=True"
+)  # step() breaks the cycle
 
 features, labels = load_digits(return_X_y=True)
-data = TensorDataset(torch.tensor(features[:512] / 16.0, dtype=torch.float32), torch.tensor(labels[:512]))
+data = TensorDataset(
+    torch.tensor(features[:512] / 16.0, dtype=torch.float32),
+    torch.tensor(labels[:512]),
+)
 
 
 class Digits(pl.LightningModule):
@@ -43,7 +56,9 @@ class Digits(pl.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10)
+        )
         self.losses: list[float] = []
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -56,13 +71,25 @@ class Digits(pl.LightningModule):
         return PreconditionedSGD(self.parameters())
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+        return DataLoader(
+            data,
+            batch_size=32,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(0),
+        )
 
 
 def fit(module: Digits) -> list[float]:
-    """Ten epochs (160 steps) on the CPU, without logs, checkpoints or progress bars."""
-    trainer = pl.Trainer(max_epochs=10, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    """Ten epochs (160 steps) on the CPU; no logs, checkpoints or progress bars."""
+    trainer = pl.Trainer(
+        max_epochs=10,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module)
     return module.losses
 
@@ -77,12 +104,18 @@ def went_down(losses: list[float]) -> bool:
 # Automatic optimization: override ``backward``
 # ---------------------------------------------
 class AutomaticDigits(Digits):
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         return self.loss(batch)
 
     def backward(self, loss: torch.Tensor, *args: object, **kwargs: object) -> None:
-        optimizer = self.optimizers().optimizer  # the PreconditionedSGD inside Lightning's wrapper
-        loss.backward(*args, create_graph=optimizer.create_graph, **kwargs)  # the one changed line
+        optimizer = (
+            self.optimizers().optimizer
+        )  # the PreconditionedSGD inside Lightning's wrapper
+        loss.backward(
+            *args, create_graph=optimizer.create_graph, **kwargs
+        )  # the one changed line
 
 
 torch.manual_seed(0)
@@ -98,11 +131,15 @@ class ManualDigits(Digits):
         super().__init__()
         self.automatic_optimization = False
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         optimizer = self.optimizers()
         optimizer.zero_grad()
         loss = self.loss(batch)
-        self.manual_backward(loss, create_graph=optimizer.optimizer.create_graph)  # the one changed line
+        self.manual_backward(
+            loss, create_graph=optimizer.optimizer.create_graph
+        )  # the one changed line
         optimizer.step()
         return loss
 
@@ -114,4 +151,6 @@ assert went_down(manual), "the loss went down with manual optimization"
 # %%
 # The two modules took the same steps: Lightning's closure computes the loss and the gradients inside
 # ``step()``, at the same point of the cycle as the manual loop.
-print(f"the same losses with automatic and manual optimization: {automatic == manual}")
+print(
+    f"the same losses with automatic and manual optimization: {automatic == manual}"
+)

@@ -20,9 +20,11 @@ from sklearn.datasets import load_digits
 
 from probprec import PreconditionedSGD
 
-# PyTorch warns once that backward(create_graph=True) makes a reference cycle; step() breaks it (it
-# detaches every gradient), so the warning does not apply here.
-warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+# PyTorch warns once that backward(create_graph=True) makes a reference cycle;
+# step() breaks it (it detaches every gradient): the warning does not apply.
+warnings.filterwarnings(
+    "ignore", message="Using backward\\(\\) with create_graph=True"
+)
 
 features, labels = load_digits(return_X_y=True)
 x = torch.tensor(features[:512] / 16.0, dtype=torch.float32)
@@ -31,7 +33,9 @@ y = torch.tensor(labels[:512])
 
 def make_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10))
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10)
+    )
 
 
 # %%
@@ -42,8 +46,13 @@ def make_model() -> torch.nn.Module:
 # SGD's. The optimizer decides itself when to estimate again: the loop never calls
 # ``start_estimate()``.
 
-# [loop-start]
-def train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int = 200, batch: int = 32) -> list[float]:
+
+def train(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    steps: int = 200,
+    batch: int = 32,
+) -> list[float]:
     """Train for ``steps`` minibatches; returns the loss of each."""
     generator = torch.Generator().manual_seed(1)
     losses = []
@@ -51,7 +60,9 @@ def train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int = 200, 
         index = torch.randint(len(x), (batch,), generator=generator)
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(x[index]), y[index])
-        loss.backward(create_graph=getattr(opt, "create_graph", False))  # the one changed line
+        loss.backward(
+            create_graph=getattr(opt, "create_graph", False)
+        )  # the one changed line
         opt.step()
         losses.append(loss.item())
     return losses
@@ -60,12 +71,13 @@ def train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int = 200, 
 model = make_model()
 opt = PreconditionedSGD(model.parameters())  # no learning rate to tune
 preconditioned = train(model, opt)
-# [loop-end]
 
 sgd_model = make_model()
 sgd = train(sgd_model, torch.optim.SGD(sgd_model.parameters(), lr=0.1))
 log = opt.get_log()
-print(f"estimated step sizes: {log['step_sizes']}; cycles completed: {log['cycles_completed']}")
+print(
+    f"step sizes {log['step_sizes']}, {log['cycles_completed']} cycles completed"
+)
 print(f"Hessian-vector products: {log['hvp_count']}")
 
 # %%
@@ -76,8 +88,11 @@ print(f"Hessian-vector products: {log['hvp_count']}")
 
 
 def smooth(values: list[float], width: int = 10) -> list[float]:
-    return [sum(values[max(0, i - width + 1):i + 1]) / len(values[max(0, i - width + 1):i + 1])
-            for i in range(len(values))]
+    return [
+        sum(values[max(0, i - width + 1) : i + 1])
+        / len(values[max(0, i - width + 1) : i + 1])
+        for i in range(len(values))
+    ]
 
 
 fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
@@ -87,5 +102,5 @@ ax.set(xlabel="step", ylabel="training loss (mean of 10 minibatches)", yscale="l
 ax.legend()
 
 early, late = sum(preconditioned[:10]) / 10, sum(preconditioned[-10:]) / 10
-print(f"PreconditionedSGD: loss {early:.3f} over the first 10 steps, {late:.3f} over the last 10")
+print(f"PreconditionedSGD: loss {early:.3f} over the first 10 steps, {late:.3f} last")
 assert late < 0.5 * early, "the loss of PreconditionedSGD went down"

@@ -25,9 +25,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from probprec import PreconditionedSGD
 from probprec.distributed import curvature_context
 
+# PyTorch warns of a reference cycle with backward(create_graph=True); step() breaks it.
 warnings.filterwarnings(
     "ignore", message="Using backward\\(\\) with create_graph=True"
-)  # step() breaks the cycle
+)
 
 features, labels = load_digits(return_X_y=True)
 data = TensorDataset(
@@ -35,16 +36,14 @@ data = TensorDataset(
     torch.tensor(labels[:512]),
 )
 
-accelerator = Accelerator(
-    cpu=True
-)  # first: it sets up torch.distributed under `accelerate launch`
+# The Accelerator first: under `accelerate launch` it sets up torch.distributed,
+# and the optimizer, created after it, finds the process group.
+accelerator = Accelerator(cpu=True)
 torch.manual_seed(0)
 model = torch.nn.Sequential(
     torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10)
 )
-optimizer = PreconditionedSGD(
-    model.parameters()
-)  # after the Accelerator: it finds the process group
+optimizer = PreconditionedSGD(model.parameters())
 loader = DataLoader(
     data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
 )
@@ -56,9 +55,8 @@ for _epoch in range(10):
         prepared_optimizer.zero_grad()
         with curvature_context(model, optimizer):
             loss = torch.nn.functional.cross_entropy(model(x), y)
-            accelerator.backward(
-                loss, create_graph=optimizer.create_graph
-            )  # the one changed line
+            # the one changed line:
+            accelerator.backward(loss, create_graph=optimizer.create_graph)
         prepared_optimizer.step()
         losses.append(loss.item())
 
@@ -67,7 +65,5 @@ print(
     f"{len(losses)} steps: loss {early:.3f} over the first 10, {late:.3f} over the last"
 )
 log = optimizer.get_log()
-print(
-    f"step sizes {log['step_sizes']}, {log['cycles_completed']} cycles completed"
-)
+print(f"step sizes {log['step_sizes']}, {log['cycles_completed']} cycles completed")
 assert late < 0.5 * early, "the loss went down"

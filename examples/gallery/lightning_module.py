@@ -28,21 +28,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from probprec import PreconditionedSGD
 
-logging.getLogger("lightning.pytorch").setLevel(
-    logging.ERROR
-)  # no banner about GPUs and TPUs
-warnings.filterwarnings(
-    "ignore", message=".*does not have many workers.*"
-)  # a tiny in-memory data set
-warnings.filterwarnings(
-    "ignore", message=".*`srun` command is available.*"
-)  # Slurm is installed, not used
-warnings.filterwarnings(
-    "ignore", message=".*treespec.*"
-)  # Lightning's own use of a torch API
-warnings.filterwarnings(
-    "ignore", message="Using backward\\(\\) with create_graph=True"
-)  # step() breaks the cycle
+# Quiet: no banner about GPUs and TPUs; a tiny in-memory data set needs no workers;
+# Slurm is installed here but not used; Lightning's own use of a deprecated torch
+# API; and the reference cycle of backward(create_graph=True), which step() breaks.
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+for message in (
+    ".*does not have many workers.*",
+    ".*`srun` command is available.*",
+    ".*treespec.*",
+    "Using backward\\(\\) with create_graph=True",
+):
+    warnings.filterwarnings("ignore", message=message)
 
 features, labels = load_digits(return_X_y=True)
 data = TensorDataset(
@@ -110,12 +106,10 @@ class AutomaticDigits(Digits):
         return self.loss(batch)
 
     def backward(self, loss: torch.Tensor, *args: object, **kwargs: object) -> None:
-        optimizer = (
-            self.optimizers().optimizer
-        )  # the PreconditionedSGD inside Lightning's wrapper
-        loss.backward(
-            *args, create_graph=optimizer.create_graph, **kwargs
-        )  # the one changed line
+        # the PreconditionedSGD inside Lightning's wrapper:
+        optimizer = self.optimizers().optimizer
+        # the one changed line:
+        loss.backward(*args, create_graph=optimizer.create_graph, **kwargs)
 
 
 torch.manual_seed(0)
@@ -137,9 +131,8 @@ class ManualDigits(Digits):
         optimizer = self.optimizers()
         optimizer.zero_grad()
         loss = self.loss(batch)
-        self.manual_backward(
-            loss, create_graph=optimizer.optimizer.create_graph
-        )  # the one changed line
+        # the one changed line:
+        self.manual_backward(loss, create_graph=optimizer.optimizer.create_graph)
         optimizer.step()
         return loss
 

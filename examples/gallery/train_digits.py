@@ -60,9 +60,8 @@ def train(
         index = torch.randint(len(x), (batch,), generator=generator)
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(x[index]), y[index])
-        loss.backward(
-            create_graph=getattr(opt, "create_graph", False)
-        )  # the one changed line
+        # the one changed line (SGD, trained below too, has no create_graph: False)
+        loss.backward(create_graph=getattr(opt, "create_graph", False))
         opt.step()
         losses.append(loss.item())
     return losses
@@ -75,9 +74,7 @@ preconditioned = train(model, opt)
 sgd_model = make_model()
 sgd = train(sgd_model, torch.optim.SGD(sgd_model.parameters(), lr=0.1))
 log = opt.get_log()
-print(
-    f"step sizes {log['step_sizes']}, {log['cycles_completed']} cycles completed"
-)
+print(f"step sizes {log['step_sizes']}, {log['cycles_completed']} cycles completed")
 print(f"Hessian-vector products: {log['hvp_count']}")
 
 # %%
@@ -102,5 +99,7 @@ ax.set(xlabel="step", ylabel="training loss (mean of 10 minibatches)", yscale="l
 ax.legend()
 
 early, late = sum(preconditioned[:10]) / 10, sum(preconditioned[-10:]) / 10
-print(f"PreconditionedSGD: loss {early:.3f} over the first 10 steps, {late:.3f} last")
+print(
+    f"PreconditionedSGD: loss {early:.3f} over the first 10 steps, {late:.3f} last"
+)
 assert late < 0.5 * early, "the loss of PreconditionedSGD went down"

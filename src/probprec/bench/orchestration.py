@@ -8,7 +8,9 @@ runs the others with an executor (:mod:`probprec.bench.executor`):
   process with ``workers=1`` (:mod:`probprec.bench.local_executor`);
 * ``executor="slurm"``: Slurm job arrays, one task per run; a task that is preempted or
   about to time out is requeued and resumes from the run's checkpoint
-  (:mod:`probprec.bench.slurm_executor`).
+  (:mod:`probprec.bench.slurm_executor`). With ``tasks_per_node`` N > 1 in the Slurm options
+  every run is data-parallel with N tasks (:func:`run_processes`; its configurations have
+  ``processes = N``, which their settings folders name).
 
 Every executor sets torch's thread count by the one policy of :mod:`probprec.bench.threads`:
 the pool's workers share the cores (workers x threads <= cores), a sweep in this process
@@ -32,12 +34,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .data import DataMissingError
 from .errors import ConfigError
-from .executor import EXECUTORS, LOCAL, Executor
+from .executor import EXECUTORS, LOCAL, SLURM, Executor
 from .local_executor import LocalExecutor
 from .locks import holding, sweep_lock_path
 from .outcomes import Report, RunOutcome, SweepSummary, folder_of, outcome_of
@@ -48,7 +51,7 @@ from .slurm_executor import SlurmExecutor, SlurmOptions, check_no_active_jobs
 from .sweeps import SweepRun, SweepSpec, expand
 from .wording import counted
 
-__all__ = ["GENERATED_MARKER", "Echo", "pending_runs", "prepare_runs", "run_runs", "run_sweep"]
+__all__ = ["GENERATED_MARKER", "Echo", "pending_runs", "prepare_runs", "run_processes", "run_runs", "run_sweep"]
 
 GENERATED_MARKER = ".generated"
 """The file that marks ``<output_dir>/data`` as written by a sweep with ``data = "generate"``."""
@@ -61,12 +64,28 @@ Echo = Callable[[str], Any]
 # Preparing the runs
 
 
+def run_processes(executor: str, slurm: SlurmOptions | None) -> int:
+    """The processes of every run of a sweep: the Slurm options' ``tasks_per_node`` with ``executor="slurm"``, else 1.
+
+    Raises:
+        ConfigError: ``tasks_per_node`` > 1 with another executor.
+    """
+    tasks = slurm.tasks_per_node if slurm is not None else 1
+    if executor == SLURM:
+        return tasks
+    if tasks > 1:
+        raise ConfigError(f"--tasks-per-node {tasks} needs --executor slurm (data-parallel runs on this machine: "
+                          "probprec run --nproc-per-node)")
+    return 1
+
+
 def prepare_runs(spec: SweepSpec, output_dir: str | Path, data_dir: str | Path = "data", device: str = "cpu",
-                 progress: bool = False) -> list[SweepRun]:
+                 progress: bool = False, processes: int = 1) -> list[SweepRun]:
     """The runs of ``spec``, each once (coinciding settings are merged); ``data = "generate"`` is honoured.
 
     With ``data = "generate"`` tiny files in the real formats are written once to ``<output_dir>/data``
-    (for problems that read files) and used as the data directory.
+    (for problems that read files) and used as the data directory. ``processes`` > 1 makes every run
+    data-parallel (:func:`run_processes`).
 
     Raises:
         ConfigError: a run that cannot start (named), before anything runs.
@@ -75,6 +94,8 @@ def prepare_runs(spec: SweepSpec, output_dir: str | Path, data_dir: str | Path =
         data_dir = _generated_data(Path(output_dir))
     unique: dict[tuple[Path, int], SweepRun] = {}
     for sweep_run in expand(spec, output_dir, data_dir=str(data_dir), device=device, progress=progress):
+        if processes != 1:
+            sweep_run = replace(sweep_run, config=replace(sweep_run.config, processes=processes))
         key = (folder_of(sweep_run.config), sweep_run.config.seed)
         unique.setdefault(key, sweep_run)
     return list(unique.values())
@@ -143,6 +164,11 @@ def run_runs(runs: list[SweepRun], output_dir: str | Path, *, executor: str = LO
         ConfigError: bad input (an unknown executor, a run that cannot start, missing data), before anything runs.
     """
     _check_options(executor, workers)
+    processes = run_processes(executor, slurm)
+    mismatched = [r for r in runs if r.config.processes != processes]
+    if mismatched:
+        raise ConfigError(f"{counted(len(mismatched), 'run')} of {mismatched[0].config.processes} processes, but the "
+                          f"{executor} executor runs {processes} per run (prepare_runs(..., processes=...))")
     output_dir = Path(output_dir)
     summary = SweepSummary(str(output_dir))
     pending = pending_runs(runs)
@@ -210,5 +236,6 @@ def run_sweep(spec: SweepSpec, output_dir: str | Path, *, executor: str = LOCAL,
     Raises:
         ConfigError: bad input, before anything runs.
     """
-    runs = prepare_runs(spec, output_dir, data_dir, device, progress=progress and workers == 1)
+    runs = prepare_runs(spec, output_dir, data_dir, device, progress=progress and workers == 1,
+                        processes=run_processes(executor, slurm))
     return run_runs(runs, output_dir, executor=executor, workers=workers, slurm=slurm, echo=echo)

@@ -141,7 +141,8 @@ def describe_setting(config: RunConfig) -> str:
         'epochs=2, lr=0.03981071706, momentum=0.9'
     """
     shown = {"epochs": config.epochs, "batch_size": config.batch_size, "l2": config.l2,
-             "restart": None if config.restart == "default" else config.restart}
+             "restart": None if config.restart == "default" else config.restart,
+             "processes": config.processes if config.processes > 1 else None}
     items = [(k, v) for k, v in shown.items() if v is not None] + sorted(config.hyperparams.items())
     return ", ".join(f"{k}={format(v, '.10g') if isinstance(v, float) else v}" for k, v in items) or "defaults"
 

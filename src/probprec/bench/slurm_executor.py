@@ -7,6 +7,13 @@ requeued and resumes from the run's checkpoint (:class:`SlurmTask`). The job arr
 sweep are remembered in its output folder until they have left the queue, so that a
 rerun never runs a run twice at the same time (:func:`check_no_active_jobs`).
 
+With :attr:`SlurmOptions.tasks_per_node` N > 1 every run trains data-parallel with N Slurm
+tasks on one node (``--ntasks-per-node``): each task exports the ``torch.distributed``
+variables with submitit's ``TorchDistributedEnvironment`` and joins the group as under torchrun
+(:mod:`probprec.bench.data_parallel`); task 0 is rank 0, which writes the run's files, and its
+outcome is the run's. The sweep's batch size is then the batch of one task, and the runs'
+settings folders name the processes (:func:`probprec.bench.orchestration.run_processes`).
+
 This is the only module that imports submitit, and only when a sweep is submitted: the
 options and the queue check work without it.
 """
@@ -54,7 +61,10 @@ class SlurmOptions:
     cpus_per_task: int = 1
     """CPUs per run (``--cpus-per-task``); also the number of torch threads of the run."""
     gpus_per_node: int = 0
-    """GPUs per run (``--gpus-per-node``)."""
+    """GPUs per run (``--gpus-per-node``); a data-parallel run on GPUs needs one per task."""
+    tasks_per_node: int = 1
+    """Processes per run (``--ntasks-per-node``, one node): more than 1 trains each run data-parallel, one task per
+    process, each with ``cpus_per_task`` CPUs (see the module docstring)."""
     array_parallelism: int = 64
     """At most this many runs of the array at once (``--array=0-N%K``)."""
     folder: str | None = None
@@ -78,6 +88,8 @@ class SlurmOptions:
             parameters["mem_gb"] = self.mem_gb
         if self.gpus_per_node:
             parameters["gpus_per_node"] = self.gpus_per_node
+        if self.tasks_per_node > 1:
+            parameters["tasks_per_node"] = self.tasks_per_node
         if self.partition:
             parameters["slurm_partition"] = self.partition
         if self.setup:
@@ -88,19 +100,34 @@ class SlurmOptions:
 
 
 class SlurmTask:
-    """One run as a Slurm task, requeued where it stops (submitit's checkpoint protocol).
+    """One run as a Slurm task (or one process of a data-parallel run), requeued where it stops.
 
-    On preemption or near the time limit, submitit calls :meth:`checkpoint`, requeues the task and stops
-    it; the requeued task calls this again and the runner resumes from the run's last checkpoint (the end
+    On preemption or near the time limit, submitit calls :meth:`checkpoint` (in task 0), requeues the job and
+    stops it; the requeued job calls this again and the runner resumes from the run's last checkpoint (the end
     of its last finished epoch).
+
+    Args:
+        threads: torch threads of the task.
+        data_parallel: the run has several tasks: join their ``torch.distributed`` group first.
     """
 
-    def __init__(self, threads: int = 1):
+    def __init__(self, threads: int = 1, data_parallel: bool = False):
         self.threads = threads
+        self.data_parallel = data_parallel
 
     def __call__(self, sweep_run: SweepRun) -> RunOutcome:
-        """Run (or resume, or skip) the run."""
-        return execute(sweep_run, threads=self.threads)
+        """Run (or resume, or skip) the run; in a data-parallel job, as this task's process of it."""
+        if not self.data_parallel:
+            return execute(sweep_run, threads=self.threads)
+        from submitit.helpers import TorchDistributedEnvironment
+
+        from .data_parallel import environment_group
+
+        # overwrite: sbatch passes the submitting shell's environment on, which may have its own RANK or MASTER_PORT
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=sweep_run.config.device != "cpu",
+                                             overwrite=True)
+        with environment_group(sweep_run.config.device):
+            return execute(sweep_run, threads=self.threads)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """The same task with the same run: the run's own checkpoint file holds its state."""
@@ -121,7 +148,8 @@ class SlurmExecutor:
         """Submit ``pending`` as one job array and (unless told not to) wait; returns the runs left when interrupted."""
         executor, folder = self._submitit_executor(f"probprec-{self.output_dir.name}")
         runs = [_absolute(r) for r in pending]
-        jobs = executor.map_array(SlurmTask(threads_per_process(1, cores=self.options.cpus_per_task)), runs)
+        task = SlurmTask(threads_per_process(1, cores=self.options.cpus_per_task), self.options.tasks_per_node > 1)
+        jobs = executor.map_array(task, runs)
         array = jobs[0].job_id.split("_")[0]
         with open(self.output_dir / SLURM_JOBS_NAME, "a") as handle:
             handle.write(f"{array}\n")
@@ -191,9 +219,12 @@ def _wait(pairs: list[tuple[Job[RunOutcome], SweepRun]], poll_s: float, report: 
 
 
 def _task_outcome(job: Job[RunOutcome], sweep_run: SweepRun) -> RunOutcome:
-    """The outcome a finished task returned, or its failure (submitit's errors carry the remote traceback)."""
+    """The outcome a finished task returned (task 0's, of a data-parallel job), or its failure.
+
+    submitit's errors carry the remote traceback.
+    """
     try:
-        return job.result()
+        return job.results()[0]
     except Exception as error:
         last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         return outcome_of(sweep_run, "failed", f"Slurm job {job.job_id}: {last} (log: {job.paths.stderr})")

@@ -52,6 +52,9 @@ def add_executor_options(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument("--cpus-per-task", type=_int_at_least(1), default=1,
                        help="CPUs (and torch threads) per run (default %(default)s)")
     slurm.add_argument("--gpus-per-node", type=_int_at_least(0), default=0, help="GPUs per run (default %(default)s)")
+    slurm.add_argument("--tasks-per-node", type=_int_at_least(1), default=1, metavar="N",
+                       help="train each run data-parallel with N Slurm tasks (torch.distributed; the batch size is per "
+                            "task, the global batch N times it) (default %(default)s)")
     slurm.add_argument("--array-parallelism", type=_int_at_least(1), default=64,
                        help="at most this many runs at once (default %(default)s)")
     slurm.add_argument("--slurm-folder", help="job scripts and logs (default: <output-dir>/.slurm/%%j)")
@@ -91,6 +94,7 @@ def slurm_options(args: argparse.Namespace) -> SlurmOptions:
 
     return SlurmOptions(partition=args.partition, time_min=args.time_min, mem_gb=args.mem_gb,
                         cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node,
+                        tasks_per_node=args.tasks_per_node,
                         array_parallelism=args.array_parallelism, folder=args.slurm_folder,
                         max_requeue=args.max_requeue, wait=not getattr(args, "no_wait", False),
                         setup=list(args.slurm_setup))

@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .executor import LOCAL
-from .orchestration import Echo, prepare_runs, run_runs
+from .orchestration import Echo, prepare_runs, run_processes, run_runs
 from .outcomes import SweepSummary, folder_of
 from .results import TUNING_RECORD, existing_results, write_json_atomic, write_text_atomic
 from .slurm_executor import SlurmOptions
@@ -236,7 +236,8 @@ def tune(spec: SweepSpec, output_dir: str | Path, *, metric: str | None = None, 
         raise ConfigError("tuning waits for its runs between the steps; leave out --no-wait")
     output_dir = Path(output_dir)
     first = spec.seeds[0]
-    runs = prepare_runs(replace(spec, seeds=[first]), output_dir, data_dir, device)
+    runs = prepare_runs(replace(spec, seeds=[first]), output_dir, data_dir, device,
+                        processes=run_processes(executor, slurm))
     echo(f"step 1 of 3: every setting with seed {first}")
     search = run_runs(runs, output_dir, executor=executor, workers=workers, slurm=slurm, echo=echo)
     result = TuningResult(output_dir, search)

@@ -176,7 +176,10 @@ def index_page(title: str, introduction: str, modules: list[str]) -> str:
              "   :widths: 30 70", "", "   * - module", "     - what it is"]
     for name in modules:
         lines += [f"   * - :ref:`{name} <api-{name}>`", f"     - {_summary(name)}"]
-    lines += ["", ".. toctree::", "   :hidden:", "", *(f"   {name}" for name in modules), ""]
+    root = min(modules, key=len)  # the package; the navigation names the others relative to it
+    labels = [name if name == root else name[len(root) + 1:] for name in modules]
+    lines += ["", ".. toctree::", "   :hidden:", "",
+              *(f"   {label} <{name}>" for label, name in zip(labels, modules, strict=True)), ""]
     return "\n".join(lines)
 
 
@@ -259,7 +262,7 @@ def _drop_borrowed_docstrings(app: Sphinx, what: str, name: str, obj: Any, optio
     (a dict's or a tuple's), which autodoc shows for a constant without a docstring of its own.
     """
     text = "\n".join(lines).strip()
-    if len(lines) == 1 and lines[0].startswith("Alias for field number"):
+    if re.fullmatch(r"Alias for field number \d+", text):
         lines.clear()
     elif what in ("data", "attribute") and text and text == (inspect.getdoc(type(obj)) or "").strip():
         lines.clear()
@@ -438,6 +441,16 @@ class CommandLineLiterals(SphinxTransform):
             parent.replace(text, new)
 
 
+def _public_bases(app: Sphinx, name: str, obj: Any, options: Any, bases: list[type]) -> None:
+    """Show a private base class (``_TwoD``) as its nearest public ancestor (``Problem``): no page has it."""
+    def public(base: Any) -> Any:
+        if not (isinstance(base, type) and base.__name__.startswith("_")):
+            return base
+        return next(c for c in base.__mro__ if not c.__name__.startswith("_"))
+
+    bases[:] = list(dict.fromkeys(public(base) for base in bases))
+
+
 def _prose_first_line(self: Any) -> tuple[str, list[str]]:
     """Napoleon's reading of an attribute's, a constant's or a property's docstring, without the type.
 
@@ -456,6 +469,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("autodoc-process-docstring", _drop_borrowed_docstrings, priority=100)  # before napoleon
     app.connect("missing-reference", _resolve_alias)
     app.connect("viewcode-follow-imported", _follow_imported)
+    app.connect("autodoc-process-bases", _public_bases)
     app.add_directive("probprec-table", TableDirective)
     app.add_transform(CommandLineLiterals)
     from sphinx.ext.napoleon.docstring import GoogleDocstring

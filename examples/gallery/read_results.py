@@ -16,30 +16,17 @@ import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
 
 from probprec.bench.analysis import load_results
 from probprec.bench.cli import main as probprec
 
 results_dir = Path(tempfile.mkdtemp()) / "results"
+options = "--epochs 3 --no-progress".split()
 for optimizer in ("PreconditionedSGD", "SGD"):
-    for seed in (42, 43):
-        status = probprec(
-            [
-                "run",
-                "digits_mlp",
-                "--optimizer",
-                optimizer,
-                "--seed",
-                str(seed),
-                "--epochs",
-                "3",
-                "--batch-size",
-                "128",
-                "--output-dir",
-                str(results_dir),
-                "--no-progress",
-            ]
-        )
+    for seed in ("42", "43"):
+        arguments = ["run", "digits_mlp", "--optimizer", optimizer, "--seed", seed]
+        status = probprec([*arguments, *options, "--output-dir", str(results_dir)])
         assert status == 0
 
 # %%
@@ -47,19 +34,11 @@ for optimizer in ("PreconditionedSGD", "SGD"):
 # ----------
 results = load_results(results_dir)
 assert not results.problems_found  # every file is a valid run
-print(
-    results.runs[
-        [
-            "problem",
-            "optimizer",
-            "seed",
-            "status",
-            "epochs_completed",
-            "total_wall_time",
-        ]
-    ]
-)
-print(results.curves.head())
+pd.set_option("display.width", 88)
+pd.set_option("display.max_columns", 8)
+columns = ["optimizer", "seed", "status", "epochs_completed", "total_wall_time"]
+print(results.runs[columns])
+print(results.curves[["optimizer", "seed", "epoch", "metric", "value"]].head(8))
 
 # %%
 # The test loss per epoch, median over the seeds

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import tempfile
 from datetime import timedelta
 from typing import Any
@@ -86,7 +87,7 @@ def train(rank: int, world: int, store: str, name: str, widths: list[int], steps
                             timeout=timedelta(seconds=120))
     torch.manual_seed(0)
     layers: list[nn.Module] = []
-    for a, b in zip(widths[:-1], widths[1:], strict=False):
+    for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b), nn.ReLU()]
     net = nn.Sequential(*layers[:-1])
     counter = Counter()
@@ -132,7 +133,7 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[784, 1000, 500, 100, 10],
                         help="layer widths of the MLP (default: the mnist_mlp shape)")
     args = parser.parse_args()
-    parameters = sum(a * b + b for a, b in zip(args.widths[:-1], args.widths[1:], strict=False))
+    parameters = sum(a * b + b for a, b in itertools.pairwise(args.widths))
     print(f"MLP {'-'.join(map(str, args.widths))}: {parameters:,} parameters, {4 * parameters:,} bytes of gradient "
           f"(float32); 2 ranks, {args.steps} steps, per-rank batch {BATCH}")
     sgd = measure("SGD", args.widths, args.steps)

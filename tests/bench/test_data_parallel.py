@@ -102,6 +102,11 @@ def test_two_processes_write_one_result_equal_to_one_process_with_the_global_bat
     assert folder.startswith("num_epochs__2__batch_size__64__") and folder.endswith("__processes__2")
     largest = assert_equal_runs(parallel, single)
     print(f"{optimizer}: largest relative difference of the curves {largest:.3g}")
+    capsys.readouterr()
+    assert main([*PROBLEM, "--optimizer", optimizer, "--batch-size", "32", "--nproc-per-node", "2",
+                 "--output-dir", str(out)]) == 0  # again: skipped, nothing new
+    assert capsys.readouterr().out.startswith(f"skipped: quadratic_deep {optimizer} seed 42")
+    assert only_result(out) == parallel
 
 
 def test_torchrun_processes_join_its_group_and_equal_one_process(tmp_path, tmp_path_factory):

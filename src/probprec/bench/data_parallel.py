@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import json
 import os
 import pickle
 import signal
@@ -575,12 +576,18 @@ def run_data_parallel(config: RunConfig) -> RunResult:
 
 
 def _spawn(config: RunConfig) -> RunResult:
-    """Start ``config.processes`` processes, wait for all of them, and return rank 0's result."""
+    """Start ``config.processes`` processes, wait for all of them, and return rank 0's result.
+
+    A run with a finished result is skipped here, before any process starts (rank 0 checks again under the lock).
+    """
     import torch.multiprocessing as mp
 
-    from .runner import check_data_parallel
+    from .runner import RunResult, check_data_parallel, finished_result
 
     check_data_parallel(config)
+    done = finished_result(config)
+    if done is not None:
+        return RunResult("skipped", done, json.loads(done.read_text()))
     device = _check_device(config.device, config.processes)
     if device.type == "cuda" and torch.cuda.device_count() < config.processes:
         raise ConfigError(f"--nproc-per-node {config.processes} on CUDA needs a GPU per process; this machine has "

@@ -270,7 +270,7 @@ class Preconditioner(Optimizer):
 
     @property
     def phase(self) -> str:
-        """The current phase: ``"prior"``, ``"posterior"`` or ``"optimize"``."""
+        """Which phase the next step belongs to, ``"prior"``, ``"posterior"`` or ``"optimize"``."""
         return "optimize" if self._estimator is None else self._estimator.phase
 
     def start_estimate(self) -> None:

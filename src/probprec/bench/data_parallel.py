@@ -55,7 +55,6 @@ result. A process that stays alive but stops taking part is given up after :data
 from __future__ import annotations
 
 import gc
-import inspect
 import json
 import os
 import pickle
@@ -136,20 +135,17 @@ def refusal(optimizer: torch.optim.Optimizer) -> str | None:
 
     It cannot when it needs the gradient's graph on some steps (a backward pass with
     ``create_graph=True``, run outside DDP's all-reduce) and does not average gradients and
-    Hessian-vector products across the ranks itself: the Hutchinson peers, and a Preconditioner
-    whose ``__init__`` has no ``process_group`` (a probprec without data-parallel support).
+    Hessian-vector products across the ranks itself, as a :class:`~probprec.Preconditioner` does
+    (:mod:`probprec.distributed`): the Hutchinson peers, and any other optimizer that asks for the graph.
     """
     name = type(optimizer).__name__
     if hutchinson_period(optimizer) is not None:
         return (f"{name} needs the gradient's graph for its Hessian estimates and does not average them across "
                 "processes, so it cannot train data-parallel")
-    if getattr(optimizer, "create_graph", None) is None:
+    if getattr(optimizer, "create_graph", None) is None or isinstance(optimizer, probprec.Preconditioner):
         return None
-    if isinstance(optimizer, probprec.Preconditioner) and "process_group" in inspect.signature(
-            probprec.Preconditioner.__init__).parameters:
-        return None
-    return (f"{name} takes Hessian-vector products and does not average them across processes (this version of "
-            "probprec has no data-parallel support), so it cannot train data-parallel")
+    return (f"{name} takes Hessian-vector products and does not average them across processes, so it cannot "
+            "train data-parallel")
 
 
 class ProcessLayout(Protocol):

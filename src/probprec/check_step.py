@@ -85,31 +85,38 @@ def relative_update(params: Sequence[Tensor], lr: float) -> float:
     ``p.grad`` holds :math:`P G` for each of ``params`` (a group). Parameters that are all zero (a model
     initialised at zero) give no scale to compare with: 0.0, no limit. The norms are taken per tensor in its
     own precision (at least float32) and combined in float64: the result is compared with a threshold, a
-    relative error of 1e-7 does not matter, and this runs at every update.
+    relative error of 1e-7 does not matter, and this runs at every update (both norms with one host
+    synchronisation).
     """
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [p.grad.detach() for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    step = _norm_of([g.detach() for g in grads])
-    size = _norm_of([p.detach() for p in params])
+    step, size = _norms_of([grads, [p.detach() for p in params]])
     return lr * step / size if size > 0.0 else 0.0
 
 
-def _norm_of(tensors: Sequence[Tensor]) -> float:
-    """The Euclidean norm of the concatenation of ``tensors`` (one host synchronisation).
+def _norms_of(groups: Sequence[Sequence[Tensor]]) -> list[float]:
+    """The Euclidean norm of the concatenation of each group of tensors (one host synchronisation).
 
     Per tensor in its own precision (at least float32), combined in float64; where that underflows to zero or
     overflows (values beyond float32's range of squares, about 1e-19 to 1e19), again in float64.
     """
-    total = _combined([torch.linalg.vector_norm(t, dtype=torch.float32 if t.element_size() < 4 else None)
-                       for t in tensors])
-    if 0.0 < total < math.inf:
-        return total
-    return _combined([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors])
+    totals = torch.stack([_combined(tensors, wide=False) for tensors in groups]).tolist()
+    if all(0.0 < total < math.inf for total in totals):
+        return totals
+    return torch.stack([_combined(tensors, wide=True) for tensors in groups]).tolist()
 
 
-def _combined(norms: list[Tensor]) -> float:
-    return float(torch.stack([n.double() for n in norms]).square().sum().sqrt())
+def _combined(tensors: Sequence[Tensor], wide: bool) -> Tensor:
+    """The norm of the concatenation, float64, from per-tensor norms (in float64 if ``wide``)."""
+    if wide:
+        norms = list(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
+    else:
+        narrow = [t for t in tensors if t.element_size() < 4]
+        rest = [t for t in tensors if t.element_size() >= 4]
+        norms = [*(torch._foreach_norm(narrow, 2, dtype=torch.float32) if narrow else ()),
+                 *(torch._foreach_norm(rest, 2) if rest else ())]
+    return torch.stack([n.double() for n in norms]).square().sum().sqrt()
 
 
 def tracked_curvature(p: Tensor, graph: Tensor | None, U: Tensor | None, weight_decay: float,

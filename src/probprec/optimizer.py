@@ -496,10 +496,19 @@ class Preconditioner(Optimizer):
         return loss
 
     def _check_step(self) -> None:
-        """Refuse sparse gradients and group values a scheduler or the user set out of range."""
-        for i, group in enumerate(self.param_groups):
-            for key in ("lr", "weight_decay", INNER_WEIGHT_DECAY):
-                check_float(f"param_groups[{i}][{key!r}]", group[key], positive=False)
+        """Refuse sparse gradients and group values a scheduler or the user set out of range.
+
+        Values already found valid (plain numbers, unchanged since) are not checked again.
+        """
+        keys = ("lr", "weight_decay", INNER_WEIGHT_DECAY)
+        values = [tuple(group[key] for key in keys) for group in self.param_groups]
+        if values != self.__dict__.get("_valid_values"):
+            for i, group in enumerate(self.param_groups):
+                for key in keys:
+                    check_float(f"param_groups[{i}][{key!r}]", group[key], positive=False)
+            plain = all(type(value) in (float, int) for row in values for value in row)
+            self._valid_values = values if plain else None
+        for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None and p.grad.is_sparse:
                     raise RuntimeError("Preconditioner does not support sparse gradients")

@@ -215,9 +215,23 @@ restart = 2
                                                     config.batch_size, config.l2, config.restart, config.data_dir,
                                                     config.output_dir)
     assert any("orthogonalize=False" in c for c in commands) and any("amsgrad=False" in c for c in commands)
+    assert not any("--nproc-per-node" in c for c in commands)
     # pending runs only: once a run has a result, its command is no longer emitted
     run(runs[0].config)
     assert emit_commands(spec, out, data_dir="my data") == commands[1:]
+
+
+def test_emitted_commands_of_data_parallel_runs_name_their_processes(tmp_path):
+    spec = load_sweep(write_sweep(tmp_path / "e.toml", """
+[s]
+problems = ["two_d_branin"]
+optimizers = [{ name = "SGD", hyperparams = { lr = 0.01 } }]
+seeds = [42]
+"""), "s")
+    (command,) = emit_commands(spec, tmp_path / "out", processes=2)
+    (sweep_run,) = prepare_runs(spec, tmp_path / "out", "data", processes=2)
+    args = _build_parser().parse_args(shlex.split(command)[1:])
+    assert args.nproc_per_node == sweep_run.config.processes == 2
 
 
 @pytest.mark.parametrize("value", [False, True, 0, 1, 0.1, 1e-300, -2.5, math.inf, -math.inf, "thesis", "True", "0.1",

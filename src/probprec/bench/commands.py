@@ -43,6 +43,8 @@ def run_command(config: RunConfig, program: str = "probprec") -> str:
     argv += ["--data-dir", str(config.data_dir), "--output-dir", str(config.output_dir)]
     if config.device != "cpu":
         argv += ["--device", config.device]
+    if config.processes != 1:
+        argv += ["--nproc-per-node", str(config.processes)]
     if config.download:
         argv.append("--download")
     if config.force:
@@ -51,11 +53,11 @@ def run_command(config: RunConfig, program: str = "probprec") -> str:
 
 
 def emit_commands(spec: SweepSpec, output_dir: str | Path, data_dir: str | Path = "data",
-                  device: str = "cpu") -> list[str]:
-    """``probprec run ...`` for every pending run of ``spec``.
+                  device: str = "cpu", processes: int = 1) -> list[str]:
+    """``probprec run ...`` for every pending run of ``spec``; ``processes`` > 1: each data-parallel on that many.
 
     Raises:
         ConfigError: bad input, before anything is written.
     """
-    runs = prepare_runs(spec, output_dir, data_dir, device)
+    runs = prepare_runs(spec, output_dir, data_dir, device, processes=processes)
     return [run_command(r.config) for r in pending_runs(runs)]

@@ -74,7 +74,8 @@ def add_commands(subparsers: Any) -> None:
     sweep.add_argument("--no-wait", action="store_true",
                        help="slurm: submit and return; the same command later collects the results")
     sweep.add_argument("--emit-commands", action="store_true",
-                       help="print one `probprec run ...` line per pending run instead of running")
+                       help="print one `probprec run ...` line per pending run instead of running (with "
+                            "--tasks-per-node N, each line trains data-parallel: --nproc-per-node N)")
     tune = subparsers.add_parser(
         "tune", help="the tuning protocol: search with one seed, choose on validation, rerun with 10 seeds",
         description="Run every setting of the sweep file with its first seed, choose per problem and optimizer the "
@@ -116,7 +117,7 @@ def _sweep(args: argparse.Namespace) -> int:
     spec = load_sweep(args.file, args.scale)
     output_dir = args.output_dir or f"results/{spec.name}"
     if args.emit_commands:
-        commands = emit_commands(spec, output_dir, args.data_dir, args.device)
+        commands = emit_commands(spec, output_dir, args.data_dir, args.device, processes=args.tasks_per_node)
         _echo_stderr(f"{len(commands)} pending runs of {spec.name} [{spec.scale}] -> {output_dir}")
         for command in commands:
             print(command)

@@ -8,6 +8,8 @@ examples); a single process with ``world=1`` trains on the whole global batch. R
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -100,6 +102,16 @@ def rank_main(rank: int, world: int, folder: str, settings_by_rank: list[dict[st
     finally:
         dist.destroy_process_group()
     torch.save(result, Path(folder) / f"rank{rank}.pt")
+    _leave()
+
+
+def _leave() -> None:
+    """Exit without the interpreter's finalization, in which gloo's threads that outlive the group have aborted a
+    finished process now and then (SIGABRT, "terminate called without an active exception"; the harness's spawned
+    processes do the same, probprec.bench.data_parallel): what the test reads is written."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def sharded_main(rank: int, folder: str) -> None:
@@ -121,6 +133,7 @@ def sharded_main(rank: int, folder: str) -> None:
     finally:
         dist.destroy_process_group()
     torch.save(errors, Path(folder) / "rank0.pt")
+    _leave()
 
 
 def _refusal(params: list[torch.Tensor]) -> str:

@@ -34,6 +34,7 @@ from .hvp import has_graph, hessian_vector_product
 
 __all__ = ["Tracked", "relative_update", "step_ratio", "tracked_choice", "tracked_curvature"]
 
+
 def _alone(value: Tensor) -> Tensor:
     """A single process's mean over the ranks: the value itself."""
     return value
@@ -52,7 +53,7 @@ def step_ratio(groups: Sequence[dict[str, Any]], lrs: Sequence[float | None], or
     gradient :math:`g` for every tensor whose ``p.grad`` was replaced. The graph of :math:`g` is the gradient
     itself, or, in a data-parallel step (:mod:`probprec.distributed`), where :math:`g` is the mean over the
     ranks, this rank's own gradient in ``graphs``; ``mean`` then averages the curvature
-    :math:`\Delta^	op B \Delta` over the ranks (a scalar). Groups with a fixed rate or none are left out.
+    :math:`\Delta^\top B \Delta` over the ranks (a scalar). Groups with a fixed rate or none are left out.
     """
     params, grads, steps, slopes, decay = [], [], [], [], []
     for group, lr in zip(groups, lrs, strict=True):

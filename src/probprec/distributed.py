@@ -113,23 +113,23 @@ class Collective:
         buckets: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
         for t in tensors:
             buckets.setdefault((t.dtype, t.device), []).append(t)
-        summed = extras
-        for members in buckets.values():
-            parts = [t.reshape(-1) for t in members]
-            if summed is extras and extras is not None:
-                parts.append(extras.to(members[0]))
+        if not buckets and extras is not None:  # the extras alone
+            alone = extras.clone()
+            torch.distributed.all_reduce(alone, group=self.group)
+            return alone
+        summed: Tensor | None = None
+        for index, members in enumerate(buckets.values()):
+            carried = extras if index == 0 else None
+            parts = [t.reshape(-1) for t in members] + ([] if carried is None else [carried.to(members[0])])
             flat = torch.cat(parts)
             torch.distributed.all_reduce(flat, group=self.group)
-            if summed is extras and extras is not None:
-                summed = flat[flat.numel() - extras.numel():].to(extras, copy=True)
+            if carried is not None:
+                summed = flat[flat.numel() - carried.numel():].to(carried, copy=True)
             flat.div_(self.size)
             offset = 0
             for t in members:
                 t.copy_(flat[offset: offset + t.numel()].view_as(t))
                 offset += t.numel()
-        if summed is extras and extras is not None:  # no tensors: the extras alone
-            summed = extras.clone()
-            torch.distributed.all_reduce(summed, group=self.group)
         return summed
 
     def average_gradients(self, params: Sequence[Tensor], loss: Any) -> tuple[dict[Tensor, Tensor], Any]:

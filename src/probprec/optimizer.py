@@ -219,6 +219,7 @@ class Preconditioner(Optimizer):
         self._stale: str | None = None  # during an update: why the estimate is stale (a restart follows)
         self._products: list[tuple[Tensor, Tensor]] = []
         self._graphs: dict[Tensor, Tensor] = {}  # data-parallel curvature steps: each rank's gradient with its graph
+        self._valid_values: list[tuple[Any, ...]] | None = None  # the group values _check_step last found valid
 
     # ------------------------------------------------------------------ groups
 
@@ -444,7 +445,7 @@ class Preconditioner(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._graphs = {}
+        self._graphs, self._valid_values = {}, None
         self._collective = Collective()  # a process group does not pickle: the default group of the new process
 
     # ------------------------------------------------------------------- step
@@ -502,7 +503,7 @@ class Preconditioner(Optimizer):
         """
         keys = ("lr", "weight_decay", INNER_WEIGHT_DECAY)
         values = [tuple(group[key] for key in keys) for group in self.param_groups]
-        if values != self.__dict__.get("_valid_values"):
+        if values != self._valid_values:
             for i, group in enumerate(self.param_groups):
                 for key in keys:
                     check_float(f"param_groups[{i}][{key!r}]", group[key], positive=False)

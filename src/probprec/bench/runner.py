@@ -246,12 +246,15 @@ def _settings(config: RunConfig) -> _Settings:
         raise ConfigError(f"seed must be an integer >= 0, got {config.seed!r}")
     restart = _restart_every(config, problem.restart_every)
     hyperparams = spec.hyperparameters(problem.name, config.hyperparams)
-    training_params: dict[str, Any] = {} if config.restart == "default" else {"restart": restart}
-    if processes > 1:
-        training_params["processes"] = processes
+    training_params = {**({} if config.restart == "default" else {"restart": restart}), **_processes_param(processes)}
     folder = Path(config.output_dir) / problem.name / spec.name / settings_folder(
         epochs, batch_size * processes, config.l2, _plain(hyperparams), training_params)
     return _Settings(problem, spec, hyperparams, epochs, batch_size, processes, restart, folder)
+
+
+def _processes_param(processes: int) -> dict[str, int]:
+    """The ``processes`` entry of a run's training parameters: only data-parallel runs have one."""
+    return {"processes": processes} if processes > 1 else {}
 
 
 def run_folder(config: RunConfig) -> Path:
@@ -401,9 +404,8 @@ def _new_record(config: RunConfig, prepared: _Prepared) -> dict[str, Any]:
     settings, splits = prepared.settings, prepared.splits
     problem = settings.problem
     sizes = {f"{name}_size": len(getattr(splits, name)) for name in ("train", "valid", "test")}
-    training_params: dict[str, Any] = {"restart": settings.restart, "train_log_interval": config.train_log_interval}
-    if settings.processes > 1:
-        training_params["processes"] = settings.processes
+    training_params = {"restart": settings.restart, "train_log_interval": config.train_log_interval,
+                       **_processes_param(settings.processes)}
     return {
         "testproblem": problem.name, "batch_size": settings.batch_size * settings.processes,
         "num_epochs": settings.epochs, "random_seed": config.seed, "weight_decay": problem.l2,

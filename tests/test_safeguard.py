@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from probprec import AdaptiveSGD, PreconditionedSGD
-from probprec.safeguard import GROWTH, LIMIT, MAX_INTERVAL, RELATIVE_LIMIT, Safeguard
+from probprec.check_step import RelativeUpdate, relative_update
+from probprec.safeguard import GROWTH, LIMIT, MAX_INTERVAL, RELATIVE_LIMIT, TENSOR_LIMIT, Safeguard
 
 warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
 
@@ -185,9 +186,12 @@ def test_growth_and_the_relative_limit_in_the_schedule():
     for updates in (31, 63):
         schedule.observe(0.1, updates=updates)
     assert schedule.factors == [1.0], "never beyond the estimate"
-    assert schedule.limit_relative(0, RELATIVE_LIMIT, updates=100) == 1.0
-    assert schedule.limit_relative(0, 4 * RELATIVE_LIMIT, updates=100) == pytest.approx(0.25)
+    assert schedule.limit_relative(0, (RELATIVE_LIMIT, TENSOR_LIMIT), updates=100) == 1.0
+    assert schedule.limit_relative(0, (4 * RELATIVE_LIMIT, TENSOR_LIMIT), updates=100) == pytest.approx(0.25)
     assert schedule.factors == [pytest.approx(0.25)] and schedule.check_due(101), "a cut brings the check forward"
+    assert schedule.limit_relative(0, (RELATIVE_LIMIT / 2, 2 * TENSOR_LIMIT), updates=101) == pytest.approx(0.5)
+    assert schedule.limit_relative(0, (5 * RELATIVE_LIMIT, 2 * TENSOR_LIMIT), updates=102) == pytest.approx(0.2)
+    assert schedule.limit_relative(0, (math.inf, math.nan), updates=103) == 1.0, "nothing to compare with"
 
 
 def test_parameters_at_zero_are_not_held_by_the_relative_limit():
@@ -209,8 +213,65 @@ def test_parameters_at_zero_are_not_held_by_the_relative_limit():
 @pytest.mark.parametrize("scale", [1e-30, 1.0, 1e25])
 def test_the_relative_size_of_an_update_at_any_scale(scale):
     """The norms fall back to float64 where float32's squares underflow or overflow."""
-    from probprec.check_step import relative_update
-
     p = torch.full((1000,), 3.0 * scale, dtype=torch.float32)
     p.grad = torch.full((1000,), 4.0 * scale, dtype=torch.float32)
-    assert relative_update([p], lr=0.5) == pytest.approx(0.5 * 4.0 / 3.0, rel=1e-6)
+    assert relative_update([p], lr=0.5) == pytest.approx(RelativeUpdate(0.5 * 4.0 / 3.0, 0.5 * 4.0 / 3.0), rel=1e-6)
+
+
+def test_the_relative_size_per_tensor_against_its_norm_or_its_share_of_the_group():
+    """|Delta_t| / max(|theta_t|, |theta| sqrt(n_t / n)), the largest over the tensors; a tensor without a
+    gradient counts in the group's norm only."""
+    weight = torch.full((100,), 0.5, dtype=torch.float64)  # norm 5
+    weight.grad = torch.full((100,), 0.05, dtype=torch.float64)  # norm 0.5
+    bias = torch.full((4,), 2.0, dtype=torch.float64)  # norm 4
+    bias.grad = torch.full((4,), 1.0, dtype=torch.float64)  # norm 2
+    frozen = torch.full((96,), 0.0, dtype=torch.float64)
+    size = math.sqrt(25.0 + 16.0)
+    expected = RelativeUpdate(0.1 * math.sqrt(0.25 + 4.0) / size, 0.1 * max(0.5 / 5.0, 2.0 / 4.0))
+    assert relative_update([weight, bias, frozen], lr=0.1) == pytest.approx(expected, rel=1e-12)
+    bias.zero_()  # a bias at zero is compared with its share of the group's norm, 5 sqrt(4 / 200)
+    share = 5.0 * math.sqrt(4 / 200)
+    expected = RelativeUpdate(0.1 * math.sqrt(0.25 + 4.0) / 5.0, 0.1 * max(0.5 / 5.0, 2.0 / share))
+    assert relative_update([weight, bias, frozen], lr=0.1) == pytest.approx(expected, rel=1e-12)
+    weight.zero_()
+    assert relative_update([weight, bias, frozen], lr=0.1) == (0.0, 0.0), "all zero: no scale, no limit"
+    assert relative_update([frozen], lr=0.1) == (0.0, 0.0), "no gradient: no update"
+
+
+def test_a_small_tensor_is_held_to_the_tensor_limit_when_the_group_is_not():
+    """A group of a large tensor at its minimum and a small one far from it (the output layer of a deep ReLU
+    MLP, measured: the group's update 5 % of its norm, the output bias's 300 %): the estimated (Newton) step
+    would move the small tensor by its own norm; every update is cut to TENSOR_LIMIT of its scale (its norm,
+    or its share of the group's once it is smaller), and it converges."""
+    large = nn.Parameter(torch.full((1000,), 0.2, dtype=torch.float64))
+    small = nn.Parameter(torch.ones(2, dtype=torch.float64))
+    weights = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    opt = AdaptiveSGD([large, small], prior_iterations=P, num_observations=K, est_rank=1)
+    sizes, groups = [], []
+    for _ in range(40):
+        before, whole = small.detach().clone(), torch.cat([large.detach(), small.detach()])
+        opt.zero_grad()
+        (0.5 * ((large - 0.2) ** 2).sum() + 0.5 * (weights * small**2).sum()).backward(create_graph=opt.create_graph)
+        opt.step()
+        scale = max(float(before.norm()), float(whole.norm()) * math.sqrt(2 / 1002))
+        sizes.append(float((small.detach() - before).norm()) / scale)
+        groups.append(float((torch.cat([large.detach(), small.detach()]) - whole).norm() / whole.norm()))
+    assert max(groups) < RELATIVE_LIMIT / 2, "the group's limit does not bind"
+    assert max(sizes) <= TENSOR_LIMIT * (1 + 1e-9) and max(sizes) > TENSOR_LIMIT / 2
+    assert any("a tensor's" in e["message"] for e in cuts(opt))
+    assert float(small.detach().norm()) < 1e-3, "still converging"
+
+
+def test_a_bias_initialised_at_zero_trains():
+    """A bias at zero is measured against its share of the group's norm, not held at zero."""
+    torch.manual_seed(0)
+    x, w = torch.randn(64, 5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    y = x @ w + 3.0
+    model = nn.Linear(5, 1).double()
+    nn.init.zeros_(model.bias)
+    opt = PreconditionedSGD(model.parameters(), prior_iterations=P, num_observations=K)
+    for _ in range(200):
+        opt.zero_grad()
+        ((model(x).squeeze(1) - y) ** 2).mean().backward(create_graph=opt.create_graph)
+        opt.step()
+    assert float(model.bias) == pytest.approx(3.0, abs=0.05)

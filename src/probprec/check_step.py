@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -32,7 +32,7 @@ from .cycle_state import PriorScalars
 from .estimator import Estimate
 from .hvp import has_graph, hessian_vector_product
 
-__all__ = ["Tracked", "relative_update", "step_ratio", "tracked_choice", "tracked_curvature"]
+__all__ = ["RelativeUpdate", "Tracked", "relative_update", "step_ratio", "tracked_choice", "tracked_curvature"]
 
 
 def _alone(value: Tensor) -> Tensor:
@@ -80,44 +80,64 @@ def step_ratio(groups: Sequence[dict[str, Any]], lrs: Sequence[float | None], or
     return float((curvature + sum(decay)) / sum(slopes))
 
 
-def relative_update(params: Sequence[Tensor], lr: float) -> float:
-    r"""The nominal update's size relative to the parameters, :math:`\eta \lVert P G \rVert / \lVert\theta\rVert`.
+class RelativeUpdate(NamedTuple):
+    r"""The size of a group's nominal update :math:`\Delta = \eta\,P G` relative to its parameters.
 
-    ``p.grad`` holds :math:`P G` for each of ``params`` (a group). Parameters that are all zero (a model
-    initialised at zero) give no scale to compare with: 0.0, no limit. The norms are taken per tensor in its
-    own precision (at least float32) and combined in float64: the result is compared with a threshold, a
-    relative error of 1e-7 does not matter, and this runs at every update (both norms with one host
-    synchronisation).
+    ``group`` is :math:`\lVert \Delta \rVert / \lVert \theta \rVert` over the whole group; ``tensor`` the largest
+    over its tensors :math:`t` of
+
+    .. math::
+
+        \frac{\lVert \Delta_t \rVert}{\max\bigl(\lVert \theta_t \rVert,\ \lVert \theta \rVert \sqrt{n_t / n}\bigr)},
+
+    with :math:`n_t` the tensor's and :math:`n` the group's number of entries: a tensor is compared with its own
+    norm, or with its share of the group's norm where that is larger (a bias initialised at zero).
     """
-    grads = [p.grad.detach() for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    step, size = _norms_of([grads, [p.detach() for p in params]])
-    return lr * step / size if size > 0.0 else 0.0
+
+    group: float
+    tensor: float
 
 
-def _norms_of(groups: Sequence[Sequence[Tensor]]) -> list[float]:
-    """The Euclidean norm of the concatenation of each group of tensors (one host synchronisation).
+def relative_update(params: Sequence[Tensor], lr: float) -> RelativeUpdate:
+    r"""The nominal update's size relative to the parameters, over the group and per tensor (:class:`RelativeUpdate`).
 
-    Per tensor in its own precision (at least float32), combined in float64; where that underflows to zero or
-    overflows (values beyond float32's range of squares, about 1e-19 to 1e19), again in float64.
+    ``p.grad`` holds :math:`P G` for each of ``params`` (a group), the update is ``lr`` times it. Parameters
+    that are all zero (a model initialised at zero) give no scale to compare with: 0.0, no limit. The norms
+    are taken per tensor in its own precision (at least float32) and combined in float64: the result is
+    compared with a threshold, a relative error of 1e-7 does not matter, and this runs at every update (one
+    host synchronisation; again in float64 where float32's squares underflow or overflow).
     """
-    totals = torch.stack([_combined(tensors, wide=False) for tensors in groups]).tolist()
-    if all(0.0 < total < math.inf for total in totals):
-        return totals
-    return torch.stack([_combined(tensors, wide=True) for tensors in groups]).tolist()
+    params = list(params)
+    stepped = [i for i, p in enumerate(params) if p.grad is not None]
+    if not stepped:
+        return RelativeUpdate(0.0, 0.0)
+    steps = [cast(Tensor, params[i].grad).detach() for i in stepped]
+    values = [p.detach() for p in params]
+    shares = torch.tensor([params[i].numel() for i in stepped], dtype=torch.float64, device=values[0].device)
+    shares /= sum(p.numel() for p in params)
+    for wide in (False, True):
+        update, size = _tensor_norms(steps, wide), _tensor_norms(values, wide)
+        update_total, size_total = update.square().sum().sqrt(), size.square().sum().sqrt()
+        scales = torch.maximum(size[stepped], size_total * shares.sqrt())
+        group, tensor, u, s = torch.stack([update_total / size_total, (update / scales).max(), update_total,
+                                           size_total]).tolist()
+        if 0.0 < u < math.inf and 0.0 < s < math.inf:
+            return RelativeUpdate(lr * group, lr * tensor)
+    return RelativeUpdate(lr * group, lr * tensor) if 0.0 < s < math.inf else RelativeUpdate(0.0, 0.0)
 
 
-def _combined(tensors: Sequence[Tensor], wide: bool) -> Tensor:
-    """The norm of the concatenation, float64, from per-tensor norms (in float64 if ``wide``)."""
+def _tensor_norms(tensors: Sequence[Tensor], wide: bool) -> Tensor:
+    """The Euclidean norm of each tensor, float64 (computed in float64 if ``wide``, else in at least float32)."""
     if wide:
-        norms = list(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
-    else:
-        narrow = [t for t in tensors if t.element_size() < 4]
-        rest = [t for t in tensors if t.element_size() >= 4]
-        norms = [*(torch._foreach_norm(narrow, 2, dtype=torch.float32) if narrow else ()),
-                 *(torch._foreach_norm(rest, 2) if rest else ())]
-    return torch.stack([n.double() for n in norms]).square().sum().sqrt()
+        return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
+    narrow = [i for i, t in enumerate(tensors) if t.element_size() < 4]
+    rest = [i for i, t in enumerate(tensors) if t.element_size() >= 4]
+    norms: list[Tensor] = [torch.empty(0)] * len(tensors)
+    for indices, dtype in ((narrow, torch.float32), (rest, None)):
+        if indices:
+            for i, n in zip(indices, torch._foreach_norm([tensors[i] for i in indices], 2, dtype=dtype), strict=True):
+                norms[i] = n
+    return torch.stack([n.double() for n in norms])
 
 
 def tracked_curvature(p: Tensor, graph: Tensor | None, U: Tensor | None, weight_decay: float,

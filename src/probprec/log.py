@@ -7,6 +7,8 @@ happened, and saved with the state dict so that a resumed run reports the same.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .cycle_state import PriorScalars
@@ -28,10 +30,28 @@ class OptimizerLog:
         self.hvp_count = 0
         self.observations = 0
         """The posterior observations of the last estimate."""
+        self._open = False
+        self._undo: deque[dict[str, Any]] | None = None
 
     def event(self, kind: str, message: str, cycle: int, phase: str, group: int | None = None) -> None:
         """Record a fallback, a restart, a skipped request, ..."""
+        if self._open and self._undo is None:
+            self._undo = deque(self.events, maxlen=MAX_EVENTS)
         self.events.append({"cycle": cycle, "phase": phase, "kind": kind, "group": group, "message": message})
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The events and products recorded inside are taken back if it raises (the events copied at the first)."""
+        hvp_count, self._open, self._undo = self.hvp_count, True, None
+        try:
+            yield
+        except BaseException:
+            self.hvp_count = hvp_count
+            if self._undo is not None:
+                self.events = self._undo
+            raise
+        finally:
+            self._open, self._undo = False, None
 
     def report(self, num_params: int) -> dict[str, Any]:
         """The log's part of ``get_log()`` (plain Python values)."""

@@ -30,7 +30,7 @@ from .estimator import CycleEstimator, Estimate, Outcome
 from .hvp import has_graph, hessian_vector_product
 from .log import OptimizerLog
 from .precondition import precondition
-from .safeguard import LIMIT, RELATIVE_LIMIT, Safeguard
+from .safeguard import LIMIT, RELATIVE_LIMIT, TENSOR_LIMIT, Safeguard
 from .schedule import MAX_AGE, CycleSchedule, is_stale
 from .warm_start import Memory
 
@@ -711,13 +711,20 @@ class Preconditioner(Optimizer):
         inner = self._inner
         assert inner is not None
         swapped: list[tuple[Tensor, Tensor | None]] = []
+        safeguard, rates = self._safeguard.as_state(), [g["lr"] for g in inner.param_groups]
         try:
-            lrs = self._prepare_update(inner, swapped)
-            if self.config.safeguard:
-                self._limit_relative(inner, lrs)
-            if check:
-                self._check_update(inner, lrs, dict(swapped))
-            inner.step()
+            with self._log.transaction():
+                lrs = self._prepare_update(inner, swapped)
+                if self.config.safeguard:
+                    self._limit_relative(inner, lrs)
+                if check:
+                    self._check_update(inner, lrs, dict(swapped))
+                inner.step()
+        except BaseException:  # a failed product or step leaves no cut behind
+            self._safeguard = Safeguard.from_state(safeguard)
+            for inner_group, rate in zip(inner.param_groups, rates, strict=True):
+                inner_group["lr"] = rate
+            raise
         finally:
             keep = self.arithmetic.keeps_preconditioned  # the 2019 class left P g in p.grad
             for p, g in swapped:
@@ -754,7 +761,7 @@ class Preconditioner(Optimizer):
         return lrs
 
     def _limit_relative(self, inner: Optimizer, lrs: list[float | None]) -> None:
-        """Hold each group's update to :data:`~probprec.safeguard.RELATIVE_LIMIT`.
+        """Hold each group's update to :data:`~probprec.safeguard.RELATIVE_LIMIT`, its tensors' to ``TENSOR_LIMIT``.
 
         A cut makes the next update a check, which may let the step size grow again.
         """
@@ -767,8 +774,9 @@ class Preconditioner(Optimizer):
             cut = self._safeguard.limit_relative(index, relative, updates)
             if cut < 1.0:
                 inner_group["lr"] = lrs[index] = self._effective_lr(index)
-                self._event("cut", f"update {relative:.3g} x the parameters' norm > {RELATIVE_LIMIT}: step size "
-                                   f"cut by {cut:.3g}", index)
+                self._event("cut", f"update {relative.group:.3g} x the parameters' norm (limit {RELATIVE_LIMIT}), "
+                                   f"{relative.tensor:.3g} x a tensor's (limit {TENSOR_LIMIT}): step size cut by "
+                                   f"{cut:.3g}", index)
 
     def _check_update(self, inner: Optimizer, lrs: list[float | None], originals: dict[Tensor, Tensor | None]) -> None:
         """A check step (:mod:`probprec.check_step`): cut the step sizes if the update overshoots.

@@ -26,9 +26,13 @@ The quadratic model cannot see the kinks of a ReLU network: a step it approves c
 of them that units die, and a network with dead units is flat, so its next estimate is larger still.
 Every update is therefore also held to a *relative* limit: the nominal update of a group,
 :math:`\lVert \eta\, P G \rVert` (exact for an SGD inner optimizer), may be at most
-:data:`RELATIVE_LIMIT` times the norm of the group's parameters; a larger one cuts the group's factor to
-fit and brings the next check forward. (Measured on a narrow ReLU CNN: the update that killed it changed
-the weights by 40-60 %, tuned SGD's change them by 0.2-1.5 % per update.)
+:data:`RELATIVE_LIMIT` times the norm of the group's parameters, and its part in any one tensor at most
+:data:`TENSOR_LIMIT` times that tensor's norm (or its share of the group's norm, where that is larger:
+:class:`~probprec.check_step.RelativeUpdate`); a larger one cuts the group's factor to fit and brings the
+next check forward. (Measured on a narrow ReLU CNN: the update that killed it changed the weights by
+40-60 %, tuned SGD's change them by 0.2-1.5 % per update. On a deep ReLU MLP the group's update was 5 % of
+its norm while the output layer's bias changed by 300 % and the last hidden layer's by 50 %: the small
+tensors at the end of the network moved most, and its units died within twenty updates.)
 
 The checks are the first update after an estimate and then come at doubling intervals (1, 2, 4, ...
 updates, at most :data:`MAX_INTERVAL`), back to every update after a cut: a cautious start and a
@@ -44,7 +48,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FAILED", "GROWTH", "LIMIT", "MAX_INTERVAL", "RELATIVE_LIMIT", "TARGET", "Safeguard"]
+__all__ = ["FAILED", "GROWTH", "LIMIT", "MAX_INTERVAL", "RELATIVE_LIMIT", "TARGET", "TENSOR_LIMIT", "Safeguard"]
 
 LIMIT = 1.5
 """A check cuts the step size when the step ratio exceeds this."""
@@ -58,6 +62,8 @@ MAX_INTERVAL = 128
 """The longest interval between two checks, in updates."""
 RELATIVE_LIMIT = 0.2
 """An update may move a group's parameters by at most this fraction of their norm."""
+TENSOR_LIMIT = 0.4
+"""...and any one of its tensors by at most this fraction of the tensor's norm (or share of the group's)."""
 
 
 @dataclass
@@ -121,16 +127,21 @@ class Safeguard:
         self.next_check = updates + self.interval
         return cut
 
-    def limit_relative(self, index: int, relative: float, updates: int) -> float:
-        """Group ``index``'s update of update number ``updates`` is ``relative`` times its parameters' norm.
+    def limit_relative(self, index: int, relative: tuple[float, float], updates: int) -> float:
+        """Group ``index``'s update of update number ``updates`` has the relative sizes ``(group, tensor)``.
+
+        ``group`` is its size relative to the group's parameters, ``tensor`` the largest relative to one tensor
+        (:class:`~probprec.check_step.RelativeUpdate`).
 
         Returns:
-            The factor its step size is cut by (1.0 when within :data:`RELATIVE_LIMIT`); a cut also makes
-            the next update a check.
+            The factor its step size is cut by (1.0 when within :data:`RELATIVE_LIMIT` and
+            :data:`TENSOR_LIMIT`); a cut also makes the next update a check.
         """
-        if not (math.isfinite(relative) and relative > RELATIVE_LIMIT):
+        group, tensor = relative
+        excess = max(group / RELATIVE_LIMIT, tensor / TENSOR_LIMIT)
+        if not (math.isfinite(excess) and excess > 1.0):
             return 1.0
-        cut = RELATIVE_LIMIT / relative
+        cut = 1.0 / excess
         self.factors[index] *= cut
         self.cuts += 1
         self.interval = 1

@@ -108,36 +108,33 @@ def relative_update(params: Sequence[Tensor], lr: float) -> RelativeUpdate:
     host synchronisation; again in float64 where float32's squares underflow or overflow).
     """
     params = list(params)
-    stepped = [i for i, p in enumerate(params) if p.grad is not None]
-    if not stepped:
+    steps = [p.grad for p in params if p.grad is not None]
+    if not steps:
         return RelativeUpdate(0.0, 0.0)
-    steps = [cast(Tensor, params[i].grad).detach() for i in stepped]
-    values = [p.detach() for p in params]
-    shares = torch.tensor([params[i].numel() for i in stepped], dtype=torch.float64, device=values[0].device)
-    shares /= sum(p.numel() for p in params)
+    counts = [p.numel() for p in params if p.grad is not None]
+    values = [p for p in params if p.grad is not None] + [p for p in params if p.grad is None]
     for wide in (False, True):
-        update, size = _tensor_norms(steps, wide), _tensor_norms(values, wide)
-        update_total, size_total = update.square().sum().sqrt(), size.square().sum().sqrt()
-        scales = torch.maximum(size[stepped], size_total * shares.sqrt())
-        group, tensor, u, s = torch.stack([update_total / size_total, (update / scales).max(), update_total,
-                                           size_total]).tolist()
-        if 0.0 < u < math.inf and 0.0 < s < math.inf:
-            return RelativeUpdate(lr * group, lr * tensor)
-    return RelativeUpdate(lr * group, lr * tensor) if 0.0 < s < math.inf else RelativeUpdate(0.0, 0.0)
+        norms = _tensor_norms([*steps, *values], wide).tolist()  # the one host synchronisation
+        update, size = norms[: len(steps)], norms[len(steps):]
+        update_total, size_total = math.hypot(*update), math.hypot(*size)
+        if 0.0 < update_total < math.inf and 0.0 < size_total < math.inf:
+            break
+    if not 0.0 < size_total < math.inf:
+        return RelativeUpdate(0.0, 0.0)
+    scale = size_total / math.sqrt(sum(p.numel() for p in params))  # per entry
+    tensor = max(u / max(t, scale * math.sqrt(n)) for u, t, n in zip(update, size, counts, strict=False))
+    return RelativeUpdate(lr * update_total / size_total, lr * tensor)
 
 
 def _tensor_norms(tensors: Sequence[Tensor], wide: bool) -> Tensor:
-    """The Euclidean norm of each tensor, float64 (computed in float64 if ``wide``, else in at least float32)."""
+    """The Euclidean norm of each tensor (computed in float64 if ``wide``, else in at least float32)."""
     if wide:
         return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
-    narrow = [i for i, t in enumerate(tensors) if t.element_size() < 4]
-    rest = [i for i, t in enumerate(tensors) if t.element_size() >= 4]
-    norms: list[Tensor] = [torch.empty(0)] * len(tensors)
-    for indices, dtype in ((narrow, torch.float32), (rest, None)):
-        if indices:
-            for i, n in zip(indices, torch._foreach_norm([tensors[i] for i in indices], 2, dtype=dtype), strict=True):
-                norms[i] = n
-    return torch.stack([n.double() for n in norms])
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) == 1 and tensors[0].element_size() >= 4:
+        return torch.stack(torch._foreach_norm(list(tensors), 2))
+    return torch.stack([torch._foreach_norm([t], 2, dtype=torch.float32 if t.element_size() < 4 else None)[0]
+                        .double() for t in tensors])
 
 
 def tracked_curvature(p: Tensor, graph: Tensor | None, U: Tensor | None, weight_decay: float,

@@ -46,7 +46,7 @@ def test_an_estimation_step_is_an_update_with_the_previous_estimate():
     opt = AdaptiveSGD(problem.parameters(), prior_iterations=P, num_observations=K)
     train(opt, problem, P + K + 2)
     opt.start_estimate()
-    eta = opt.get_log()["learning_rates"][0]
+    estimate = opt.get_log()["step_sizes"]
     before = snapshot(problem)
     grads = []
 
@@ -56,6 +56,8 @@ def test_an_estimation_step_is_an_update_with_the_previous_estimate():
         return value
 
     train(opt, loss, 1)
+    eta = opt.get_log()["learning_rates"][0]  # the previous estimate times the safeguard's factor, as used
+    assert opt.get_log()["step_sizes"] == estimate, "the previous estimate"
     for a, b, g in zip(before, problem.parameters(), grads[0], strict=True):
         torch.testing.assert_close(b.detach(), a - eta * g, rtol=1e-12, atol=1e-12)
     assert opt.phase == "prior"

@@ -186,12 +186,41 @@ def test_growth_and_the_relative_limit_in_the_schedule():
     for updates in (31, 63):
         schedule.observe(0.1, updates=updates)
     assert schedule.factors == [1.0], "never beyond the estimate"
-    assert schedule.limit_relative(0, (RELATIVE_LIMIT, TENSOR_LIMIT), updates=100) == 1.0
-    assert schedule.limit_relative(0, (4 * RELATIVE_LIMIT, TENSOR_LIMIT), updates=100) == pytest.approx(0.25)
-    assert schedule.factors == [pytest.approx(0.25)] and schedule.check_due(101), "a cut brings the check forward"
-    assert schedule.limit_relative(0, (RELATIVE_LIMIT / 2, 2 * TENSOR_LIMIT), updates=101) == pytest.approx(0.5)
-    assert schedule.limit_relative(0, (5 * RELATIVE_LIMIT, 2 * TENSOR_LIMIT), updates=102) == pytest.approx(0.2)
-    assert schedule.limit_relative(0, (math.inf, math.nan), updates=103) == 1.0, "nothing to compare with"
+    assert schedule.limit_relative(0, (RELATIVE_LIMIT, TENSOR_LIMIT)) == 1.0
+    assert schedule.limit_relative(0, (4 * RELATIVE_LIMIT, TENSOR_LIMIT)) == pytest.approx(0.25)
+    assert schedule.factors == [pytest.approx(0.25)] and not schedule.check_due(100), "no check asked for"
+    assert schedule.limit_relative(0, (RELATIVE_LIMIT / 4, 2 * TENSOR_LIMIT)) == pytest.approx(0.5)
+    assert schedule.limit_relative(0, (5 * RELATIVE_LIMIT, 2 * TENSOR_LIMIT)) == pytest.approx(0.2)
+    assert schedule.limit_relative(0, (math.inf, math.nan)) == 1.0, "nothing to compare with"
+    assert schedule.factors == [pytest.approx(0.025)]
+
+
+def test_a_factor_cut_by_the_relative_limits_grows_back_to_the_last_checks_ceiling():
+    """The step ratio is proportional to the step size: a check at factor f measuring r allows f TARGET / r.
+    Updates within half of both relative limits grow the factor by GROWTH per update up to that ceiling, with
+    no check; a check that cuts sets the ceiling to the cut factor."""
+    schedule = Safeguard()
+    schedule.add_group()
+    schedule.factors[0] = 0.4
+    schedule.observe(1.0, updates=1)  # no cut, no room: the ceiling is the factor itself
+    assert schedule.ceilings == [pytest.approx(0.4)]
+    schedule.observe(0.8, updates=2)  # the minimiser is at 0.4 / 0.8
+    assert schedule.factors == [pytest.approx(0.4)] and schedule.ceilings == [pytest.approx(0.5)]
+    assert schedule.limit_relative(0, (RELATIVE_LIMIT * 2, 0.0)) == pytest.approx(0.5)  # 0.2
+    small = (RELATIVE_LIMIT / GROWTH, TENSOR_LIMIT / GROWTH)
+    assert schedule.limit_relative(0, small) == pytest.approx(GROWTH)  # 0.4
+    assert schedule.limit_relative(0, small) == pytest.approx(1.25)  # 0.5, the ceiling
+    assert schedule.limit_relative(0, small) == 1.0
+    schedule.limit_relative(0, (RELATIVE_LIMIT * 4, 0.0))  # 0.125
+    assert schedule.limit_relative(0, (RELATIVE_LIMIT / GROWTH * 1.01, 0.0)) == 1.0, "no room: no growth"
+    checks = schedule.checks
+    schedule.observe(3.0, updates=4)  # a cut by 1/3: the new ceiling is the cut factor
+    assert schedule.factors == schedule.ceilings == [pytest.approx(0.125 / 3)] and schedule.checks == checks + 1
+    assert schedule.limit_relative(0, small) == 1.0
+    schedule.observe(0.25, updates=5)  # room: x GROWTH, and the minimiser at 4 x is the ceiling
+    assert schedule.factors == [pytest.approx(0.25 / 3)] and schedule.ceilings == [pytest.approx(0.5 / 3)]
+    schedule.observe(0.05, updates=6)
+    assert schedule.ceilings == [1.0], "never beyond the estimate"
 
 
 def test_parameters_at_zero_are_not_held_by_the_relative_limit():

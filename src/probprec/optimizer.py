@@ -763,17 +763,17 @@ class Preconditioner(Optimizer):
     def _limit_relative(self, inner: Optimizer, lrs: list[float | None]) -> None:
         """Hold each group's update to :data:`~probprec.safeguard.RELATIVE_LIMIT`, its tensors' to ``TENSOR_LIMIT``.
 
-        A cut makes the next update a check, which may let the step size grow again.
+        A step size cut by them grows back while the updates have room, up to the last check's ceiling.
         """
-        updates = self._schedule.optimize_steps + 1
         for index, (group, inner_group) in enumerate(zip(self.param_groups, inner.param_groups, strict=True)):
             lr = lrs[index]
             if lr is None or not group["adaptive_lr"]:
                 continue
             relative = relative_update(group["params"], lr)
-            cut = self._safeguard.limit_relative(index, relative, updates)
-            if cut < 1.0:
+            cut = self._safeguard.limit_relative(index, relative, group["lr"])
+            if cut != 1.0:
                 inner_group["lr"] = lrs[index] = self._effective_lr(index)
+            if cut < 1.0:
                 self._event("cut", f"update {relative.group:.3g} x the parameters' norm (limit {RELATIVE_LIMIT}), "
                                    f"{relative.tensor:.3g} x a tensor's (limit {TENSOR_LIMIT}): step size cut by "
                                    f"{cut:.3g}", index)

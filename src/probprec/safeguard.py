@@ -20,22 +20,26 @@ the optimizer asks the loop for the graph (:attr:`~probprec.Preconditioner.creat
 minimiser of the model along :math:`\Delta`), before the step is taken.
 
 A check whose step ratio is below :data:`LIMIT` / :data:`GROWTH` finds room: the factors grow by
-:data:`GROWTH` (at most back to the estimate), trust-region style, so that a cut is not forever.
+:data:`GROWTH` (at most back to the estimate), trust-region style, so that a cut is not forever. Since
+:math:`r` is proportional to the step size, a check also tells how far the factor may go before the step
+passes the model's minimiser: its *ceiling*, :math:`f\,\text{TARGET}/r` (at most 1).
 
 The quadratic model cannot see the kinks of a ReLU network: a step it approves can still cross so many
 of them that units die, and a network with dead units is flat, so its next estimate is larger still.
-Every update is therefore also held to a *relative* limit: the nominal update of a group,
-:math:`\lVert \eta\, P G \rVert` (exact for an SGD inner optimizer), may be at most
-:data:`RELATIVE_LIMIT` times the norm of the group's parameters, and its part in any one tensor at most
-:data:`TENSOR_LIMIT` times that tensor's norm (or its share of the group's norm, where that is larger:
-:class:`~probprec.check_step.RelativeUpdate`); a larger one cuts the group's factor to fit and brings the
-next check forward. (Measured on a narrow ReLU CNN: the update that killed it changed the weights by
-40-60 %, tuned SGD's change them by 0.2-1.5 % per update. On a deep ReLU MLP the group's update was 5 % of
-its norm while the output layer's bias changed by 300 % and the last hidden layer's by 50 %: the small
-tensors at the end of the network moved most, and its units died within twenty updates.)
+Every update is therefore also held to a *relative* limit: the nominal update of a group, :math:`\lVert \eta\,
+P G \rVert` (exact for an SGD inner optimizer), may be at most :data:`RELATIVE_LIMIT` times the norm of the
+group's parameters, and its part in any one tensor at most :data:`TENSOR_LIMIT` times that tensor's norm (or
+its share of the group's norm, where that is larger: :class:`~probprec.check_step.RelativeUpdate`); a larger
+one cuts the group's factor to fit. A cut by the relative limits asks for no check: while an update is within
+half of both limits the factor grows back by :data:`GROWTH` per update, up to the last check's ceiling, so
+that the factor follows the size of the gradients without extra passes. (Measured on a narrow ReLU CNN: the
+update that killed it changed the weights by 40-60 %, tuned SGD's change them by 0.2-1.5 % per update. On a
+deep ReLU MLP the group's update was 5 % of its norm while the output layer's bias changed by 300 % and the
+last hidden layer's by 50 %: the small tensors at the end of the network moved most, and its units died within
+twenty updates.)
 
 The checks are the first update after an estimate and then come at doubling intervals (1, 2, 4, ...
-updates, at most :data:`MAX_INTERVAL`), back to every update after a cut: a cautious start and a
+updates, at most :data:`MAX_INTERVAL`), back to every update after a check cuts: a cautious start and a
 bounded number of extra passes per cycle (about :math:`\log_2` of the cycle's updates) while nothing is
 cut. Between cycles, a new estimate's step size may grow by at most :data:`GROWTH` over the one last
 used, and a cycle whose prior failed (negative or no curvature along the gradients) halves it
@@ -72,6 +76,9 @@ class Safeguard:
 
     factors: list[float] = field(default_factory=list)
     """Per group: the estimated step size times this is the step size used (at most 1 after a cut)."""
+    ceilings: list[float] = field(default_factory=list)
+    """Per group: the largest factor the last check allows (the model's minimiser along the update, at most 1);
+    a factor cut by the relative limits grows back to it without a check."""
     last: list[float | None] = field(default_factory=list)
     """Per group: the step size last used (estimate times factor), or None before the first."""
     next_check: int = 1
@@ -83,11 +90,12 @@ class Safeguard:
     def add_group(self) -> None:
         """A parameter group was added."""
         self.factors.append(1.0)
+        self.ceilings.append(1.0)
         self.last.append(None)
 
     def remove_groups(self, first: int) -> None:
         """Forget the groups from ``first`` on (an ``add_param_group`` that failed)."""
-        del self.factors[first:], self.last[first:]
+        del self.factors[first:], self.ceilings[first:], self.last[first:]
 
     def new_estimate(self, index: int, step_size: float | None, failed: bool) -> None:
         """A new estimate of group ``index``'s step size: bound its growth over the one last used."""
@@ -98,6 +106,7 @@ class Safeguard:
             self.factors[index] = min(1.0, FAILED * last / step_size)
         else:
             self.factors[index] = min(1.0, GROWTH * last / step_size)
+        self.ceilings[index] = self.factors[index]
 
     def restart(self) -> None:
         """A new cycle's updates begin: check at once, then at doubling intervals."""
@@ -115,38 +124,47 @@ class Safeguard:
         """
         self.checks += 1
         cut = 1.0
-        if cut_allowed and ratio is not None and math.isfinite(ratio) and ratio > LIMIT:
-            cut = TARGET / ratio
+        r = ratio if cut_allowed and ratio is not None and math.isfinite(ratio) else None
+        if r is not None and r > LIMIT:
+            cut = TARGET / r
             self.factors = [f * cut for f in self.factors]
+            self.ceilings = list(self.factors)
             self.cuts += 1
             self.interval = 1
         else:
-            if cut_allowed and ratio is not None and 0 <= ratio < LIMIT / GROWTH:
+            if r is not None and r > 0:
+                self.ceilings = [max(f, min(1.0, f * TARGET / r)) for f in self.factors]
+            if r is not None and 0 <= r < LIMIT / GROWTH:
                 self.factors = [min(1.0, f * GROWTH) for f in self.factors]  # room to grow
+                self.ceilings = [max(c, f) for c, f in zip(self.ceilings, self.factors, strict=True)]
             self.interval = min(2 * self.interval, MAX_INTERVAL)
         self.next_check = updates + self.interval
         return cut
 
-    def limit_relative(self, index: int, relative: tuple[float, float], updates: int) -> float:
-        """Group ``index``'s update of update number ``updates`` has the relative sizes ``(group, tensor)``.
+    def limit_relative(self, index: int, relative: tuple[float, float], multiplier: float = 1.0) -> float:
+        """Group ``index``'s update has the relative sizes ``(group, tensor)``: cut its factor to fit, or grow it.
 
-        ``group`` is its size relative to the group's parameters, ``tensor`` the largest relative to one tensor
-        (:class:`~probprec.check_step.RelativeUpdate`).
+        ``group`` is the update's size relative to the group's parameters, ``tensor`` the largest relative to one
+        tensor (:class:`~probprec.check_step.RelativeUpdate`). Beyond :data:`RELATIVE_LIMIT` or
+        :data:`TENSOR_LIMIT`, the factor is cut to fit; within 1 / :data:`GROWTH` of both, it grows by
+        :data:`GROWTH`, at most to the last check's ceiling. The update was taken at the user's learning-rate
+        ``multiplier``; the room to grow is judged at 1, so that a multiplier below 1 scales the updates and
+        does not let the factor grow in its place.
 
         Returns:
-            The factor its step size is cut by (1.0 when within :data:`RELATIVE_LIMIT` and
-            :data:`TENSOR_LIMIT`); a cut also makes the next update a check.
+            The factor by which the step size changed (1.0: unchanged).
         """
         group, tensor = relative
         excess = max(group / RELATIVE_LIMIT, tensor / TENSOR_LIMIT)
-        if not (math.isfinite(excess) and excess > 1.0):
+        if not math.isfinite(excess):
             return 1.0
-        cut = 1.0 / excess
-        self.factors[index] *= cut
-        self.cuts += 1
-        self.interval = 1
-        self.next_check = updates + 1
-        return cut
+        factor = self.factors[index]
+        if excess > 1.0:
+            self.factors[index] = factor / excess
+            self.cuts += 1
+        elif multiplier > 0 and excess / multiplier * GROWTH <= 1.0 and factor < self.ceilings[index]:
+            self.factors[index] = min(self.ceilings[index], factor * GROWTH)
+        return self.factors[index] / factor
 
     def used(self, index: int, step_size: float | None) -> None:
         """Group ``index`` stepped with ``step_size`` (estimate times factor)."""
@@ -155,11 +173,13 @@ class Safeguard:
 
     def as_state(self) -> dict[str, Any]:
         """Plain values for a state dict."""
-        return {"factors": list(self.factors), "last": list(self.last), "next_check": self.next_check,
-                "interval": self.interval, "checks": self.checks, "cuts": self.cuts}
+        return {"factors": list(self.factors), "ceilings": list(self.ceilings), "last": list(self.last),
+                "next_check": self.next_check, "interval": self.interval, "checks": self.checks, "cuts": self.cuts}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Safeguard:
         """Read :meth:`as_state`."""
-        return cls([float(f) for f in state["factors"]], [None if v is None else float(v) for v in state["last"]],
+        factors = [float(f) for f in state["factors"]]
+        ceilings = [float(c) for c in state.get("ceilings", factors)]  # state dicts before ceilings: no regrowth
+        return cls(factors, ceilings, [None if v is None else float(v) for v in state["last"]],
                    int(state["next_check"]), int(state["interval"]), int(state["checks"]), int(state["cuts"]))

@@ -156,9 +156,9 @@ class Safeguard:
         """
         group, tensor = relative
         excess = max(group / RELATIVE_LIMIT, tensor / TENSOR_LIMIT)
-        if not math.isfinite(excess):
-            return 1.0
         factor = self.factors[index]
+        if not (math.isfinite(excess) and factor > 0):
+            return 1.0
         if excess > 1.0:
             self.factors[index] = factor / excess
             self.cuts += 1

@@ -12,7 +12,7 @@ import math
 import pandas as pd
 import pytest
 
-from probprec.bench.analysis.contest import contest_table, final_test_scores, outcome, versus, versus_counts
+from probprec.bench.analysis.contest import contest, contest_table, final_test_scores, outcome, versus, versus_counts
 from probprec.bench.analysis.load import Results
 from probprec.bench.experiment import experiment_path, report_options, run_experiment
 from probprec.bench.peers import PEERS
@@ -62,7 +62,7 @@ def test_the_smoke_scale_tunes_the_baselines_and_reports_the_contest(smoke):
     assert set(table["optimizer"]) == OURS | {peer.name for peer in PEERS} | {"SGD", "Adam"}
     others = table[table["optimizer"] != "SGD"]
     assert (others[["win", "tie", "loss"]].sum(axis=1) == 2).all(), "an outcome on each of the two problems"
-    assert table["profile_score"].between(0, 1).all()
+    assert table["profile_score"].between(0, 1).all() and table["epoch_profile_score"].between(0, 1).all()
     assert {"performance_profile", "contest"} <= {p.stem for p in result.report.figures}
     assert {"win", "tie", "loss"} <= set(result.report.figure_summaries["contest"].texts), "the legend's outcomes"
 
@@ -105,3 +105,14 @@ def test_win_tie_and_loss_against_the_baseline():
     assert outcome(1.0, (0.9, 1.1), 1.05, (1.0, 1.1), higher=False, accuracy=False) == "tie"
     assert outcome(1.0, (0.99, 1.01), 1.5, (1.49, 1.51), higher=False, accuracy=False) == "win"
     assert outcome(math.nan, (0, 0), 1.0, (1, 1), higher=True, accuracy=True) == "n/a"
+
+
+def test_the_profile_scores_of_seconds_and_of_epochs():
+    """A is fastest on the clock on both problems, B in epochs on both: each scores 1 on its own measure."""
+    values = {(o, seed): ("completed", 0.1, 0.9) for o in ("A", "B") for seed in (1, 2)}
+    times = pd.DataFrame([{"problem": problem, "optimizer": o, "seed": seed, "seconds": seconds, "epochs": epochs}
+                          for problem in ("p", "q") for seed in (1, 2)
+                          for o, seconds, epochs in (("A", 1.0, 5.0), ("B", 5.0, 1.0))])
+    table = contest(made_up_results(values), None, times, "A").per_optimizer.set_index("optimizer")
+    assert table.loc["A", "profile_score"] == 1.0 and table.loc["B", "epoch_profile_score"] == 1.0
+    assert table.loc["B", "profile_score"] == 0.0 and table.loc["A", "epoch_profile_score"] == 0.0

@@ -163,13 +163,15 @@ class Contest:
     per_problem: pd.DataFrame
     """:func:`contest_table` with the outcome against the baseline (``versus``)."""
     per_optimizer: pd.DataFrame
-    """Per optimizer: :func:`versus_counts`, runs collapsed and diverged, median time ratios, profile score."""
+    """Per optimizer: :func:`versus_counts`, runs collapsed and diverged, median time ratios, and the profile scores
+    of the wall-clock time and of the epochs to the validation target."""
 
 
-def _profile_scores(time_to_target: pd.DataFrame) -> pd.Series:
+def _profile_scores(time_to_target: pd.DataFrame, column: str) -> pd.Series:
+    """Per optimizer, the performance-profile score of ``column`` of the times to target (seconds or epochs)."""
     if time_to_target.empty or time_to_target["problem"].nunique() < 2:
         return pd.Series(dtype=float)
-    profile = performance_profile(time_to_target, "seconds")
+    profile = performance_profile(time_to_target, column)
     return profile_scores(profile) if len(profile.columns) else pd.Series(dtype=float)
 
 
@@ -177,7 +179,7 @@ def contest(picked: Results, ratios: pd.DataFrame | None, time_to_target: pd.Dat
     """Every table of the contest from the chosen settings' runs, their time ratios and times to target."""
     per_problem = versus(contest_table(final_test_scores(picked), ratios), baseline)
     counts = versus_counts(per_problem, baseline).set_index("optimizer")
-    scores = _profile_scores(time_to_target)
+    scores, epoch_scores = _profile_scores(time_to_target, "seconds"), _profile_scores(time_to_target, "epochs")
     rows = []
     for optimizer, group in per_problem.groupby("optimizer", sort=False):
         row = counts.loc[optimizer].to_dict() if optimizer in counts.index else {}
@@ -185,7 +187,8 @@ def contest(picked: Results, ratios: pd.DataFrame | None, time_to_target: pd.Dat
                      "collapsed": int(group["collapsed"].sum()), "diverged": int(group["diverged"].sum()),
                      "runs": int(group["runs"].sum()), "wall_ratio": float(group["wall_ratio"].median()),
                      "cpu_ratio": float(group["cpu_ratio"].median()),
-                     "profile_score": float(scores.get(optimizer, math.nan))})
+                     "profile_score": float(scores.get(optimizer, math.nan)),
+                     "epoch_profile_score": float(epoch_scores.get(optimizer, math.nan))})
     columns = ["optimizer", "problems", "win", "tie", "loss", "lost_on", "runs", "collapsed", "diverged",
-               "wall_ratio", "cpu_ratio", "profile_score"]
+               "wall_ratio", "cpu_ratio", "profile_score", "epoch_profile_score"]
     return Contest(baseline, per_problem, pd.DataFrame(rows, columns=columns))

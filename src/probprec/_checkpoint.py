@@ -2,7 +2,8 @@
 
 Format 1 (this release)::
 
-    {"state": {index: {"eigvecs", "eigvals", "factors"}},   # the preconditioner in use, per parameter
+    {"state": {index: {"eigvecs", "eigvals", "factors"}},   # the preconditioner in use, per parameter,
+                                                              # and "secant": the last check's step
      "param_groups": [...],                                   # torch.optim's, with "step_size"
      "probprec": {"version": 1, "config": {...}, "shapes": [...],
                   "schedule": probprec.schedule.CycleSchedule, "safeguard": probprec.safeguard.Safeguard,
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 
+from .check_step import SECANT_STATE
 from .config import MECHANISMS
 from .cycle_state import GroupCycle, TensorCycle
 
@@ -40,6 +42,9 @@ _SCHEDULE_INTS = ("cycle", "optimize_steps", "failures", "cycles_completed")
 _PRIOR_KEYS = ("step_size", "mean", "width", "noise", "noise_measured")
 FORMAT_0_BEHAVIOUR = dict.fromkeys(MECHANISMS, False)
 """The options added since format 0, at the values that reproduce the code that wrote it."""
+LATER_OPTIONS = {"secant_check": False}
+"""Options added to the configuration since format 1, at the values of the code before them (a state dict saved
+without one was saved with this value)."""
 
 
 @dataclass(frozen=True)
@@ -165,8 +170,9 @@ def _check_config(extra: Mapping[str, Any], expected: Expected) -> None:
     if saved is not None:
         saved = _mapping(saved, "'probprec'['config']")
         for key, value in expected.config.items():
-            if saved.get(key) != value:
-                raise _fail(f"does not match this optimizer: it was saved with {key}={saved.get(key)!r}, "
+            saved_value = saved.get(key, LATER_OPTIONS.get(key))
+            if saved_value != value:
+                raise _fail(f"does not match this optimizer: it was saved with {key}={saved_value!r}, "
                             f"this optimizer has {key}={value!r}")
     shapes = extra.get("shapes")
     if shapes is not None:
@@ -204,6 +210,9 @@ def _check_estimate(state: Mapping[Any, Any], expected: Expected) -> None:
         n = _numel(expected, index, "state")
         where = f"the state of parameter {index}"
         for key, value in _mapping(entry, where).items():
+            if key == SECANT_STATE:
+                _tensor_shape(value, f"{where}[{key!r}]", (n,))
+                continue
             if key not in _ESTIMATE_KEYS:
                 raise _fail(f"is damaged: {where}[{key!r}] is not a key of this optimizer's state")
             _tensor_shape(value, f"{where}[{key!r}]", (None, n) if key == "eigvecs" else (None,))

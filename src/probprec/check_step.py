@@ -9,20 +9,21 @@ At a check step (:mod:`probprec.safeguard` says when) the optimizer measures, be
       r = \frac{\Delta^\top (B + \text{wd}\, I)\, \Delta}{G^\top \Delta},
       \qquad G = g + \text{wd}\,\theta ,
 
-  which the safeguard compares with its limit, and, with adaptive restarts,
+  which the safeguard compares with its limit; at the update after it, the same ratio measured by the
+  gradient where that step ended (:func:`secant_ratio`, no product); and, with adaptive restarts,
 * the minibatch curvature :math:`u^\top (\tilde B + \text{wd}\, I)\, u` along the *tracked direction*
   :math:`u` (:func:`tracked_curvature`), the estimated top direction of the tensor that
   :func:`tracked_choice` picks, which :func:`probprec.schedule.is_stale` compares with its first measurement.
 
-Each takes the gradients that carry the autograd graph (``loss.backward(create_graph=True)``) and the factor
-by which that graph's loss was scaled, and returns ``None`` when it computed no product.
+Each product takes the gradients that carry the autograd graph (``loss.backward(create_graph=True)``) and the
+factor by which that graph's loss was scaled; each function returns ``None`` when it measured nothing.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -32,7 +33,8 @@ from .cycle_state import PriorScalars
 from .estimator import Estimate
 from .hvp import has_graph, hessian_vector_product
 
-__all__ = ["RelativeUpdate", "Tracked", "relative_update", "step_ratio", "tracked_choice", "tracked_curvature"]
+__all__ = ["SECANT_STATE", "RelativeUpdate", "StepCheck", "Tracked", "relative_update", "secant_ratio", "step_ratio",
+           "tracked_choice", "tracked_curvature"]
 
 
 def _alone(value: Tensor) -> Tensor:
@@ -40,13 +42,33 @@ def _alone(value: Tensor) -> Tensor:
     return value
 
 
+SECANT_STATE = "secant"
+"""The key of the per-parameter state that holds the last check's step until the update after it."""
+
 Tracked = tuple[int, float | None, float]
 """The tracked direction: parameter index, reference curvature (None until the first check), prior noise."""
 
 
+class StepCheck(NamedTuple):
+    r"""What a check step measured of its update :math:`\Delta`: the step ratio, the slope and the step itself."""
+
+    ratio: float
+    """:math:`r`, the step ratio."""
+    slope: float
+    r""":math:`G^\top \Delta`."""
+    steps: list[tuple[Tensor, Tensor]]
+    r"""``(p, Δ_p)`` for every tensor measured, :math:`\Delta_p` flat: kept for :func:`secant_ratio`."""
+
+    def taken(self, factor: float) -> StepCheck:
+        """The same measurement of the step that was taken: the step sizes were multiplied by ``factor``."""
+        if factor == 1.0:
+            return self
+        return StepCheck(self.ratio * factor, self.slope * factor, [(p, s.mul_(factor)) for p, s in self.steps])
+
+
 def step_ratio(groups: Sequence[dict[str, Any]], lrs: Sequence[float | None], originals: dict[Tensor, Tensor | None],
                graphs: Mapping[Tensor, Tensor], graph_scale: float, retain_graph: bool,
-               mean: Callable[[Tensor], Tensor] = _alone) -> float | None:
+               mean: Callable[[Tensor], Tensor] = _alone) -> StepCheck | None:
     r"""The step ratio :math:`r` of the update whose rate is ``lrs[i]`` per group and whose step ``p.grad`` holds.
 
     ``p.grad`` holds the preconditioned gradient :math:`P G` (the step before its rate), ``originals`` the
@@ -64,20 +86,76 @@ def step_ratio(groups: Sequence[dict[str, Any]], lrs: Sequence[float | None], or
             graph = graphs.get(p, gradient)
             if p.grad is None or gradient is None or graph is None or not has_graph(graph):
                 continue
-            step = p.grad.reshape(-1) * lr
-            objective = gradient.detach().reshape(-1) + group["weight_decay"] * p.detach().reshape(-1)
+            step = p.grad.detach().reshape(-1) * lr
             params.append(p)
             grads.append(graph)
             steps.append(step)
-            slopes.append(dot(objective, step))
-            decay.append(group["weight_decay"] * dot(step, step))
+            slopes.append((_objective_gradient(p, gradient, group["weight_decay"]), step))
+            decay.append(group["weight_decay"])
     if not params:
         return None
     vectors = [s.view_as(p) for s, p in zip(steps, params, strict=True)]
     products = hessian_vector_product(params, grads, vectors, retain_graph=retain_graph)
-    local = cast(Tensor, sum(dot(s, h.reshape(-1)) for s, h in zip(steps, products, strict=True)))
-    curvature = mean(local) / graph_scale
-    return float((curvature + sum(decay)) / sum(slopes))
+    curvature = mean(_sum_of_dots([(s, h.reshape(-1)) for s, h in zip(steps, products, strict=True)])) / graph_scale
+    decayed = float(_sum_of_dots([(s * wd, s) for s, wd in zip(steps, decay, strict=True) if wd]))
+    slope = float(_sum_of_dots(slopes))
+    ratio = float(curvature + decayed) / slope if slope else math.nan  # no slope: nothing to compare with
+    return StepCheck(ratio, slope, list(zip(params, steps, strict=True)))
+
+
+def secant_ratio(steps: Sequence[tuple[Tensor, Tensor, float]], slope: float,
+                 originals: Mapping[Tensor, Tensor | None]) -> float | None:
+    r"""The step ratio of the last check's update :math:`\Delta`, measured by the gradient where it ended.
+
+    With :math:`G_0^\top \Delta` the slope the check measured (``slope``) and :math:`G_1` the gradient of the
+    objective at the end of the step (on the next minibatch),
+
+    .. math::
+
+        r_\text{sec} = \frac{(G_0 - G_1)^\top \Delta}{G_0^\top \Delta}
+                     = \frac{\int_0^1 \Delta^\top B(\theta - t\Delta)\, \Delta \,\mathrm{d}t}{G_0^\top \Delta},
+
+    the curvature averaged over the step instead of taken at its start: on a quadratic the two agree; where the
+    curvature grows along the step (a wall beyond a valley, a function flat far from its minimum) the step ratio
+    :math:`r` of :func:`step_ratio` misses the overshoot and this one sees it. ``steps`` holds ``(p, Δ_p, wd)`` for
+    each tensor the check measured; ``originals`` the true gradient where ``p.grad`` holds another. None when
+    nothing can be compared (no gradient, a slope that is not positive).
+    """
+    pairs = []
+    for p, step, weight_decay in steps:
+        gradient = originals.get(p, p.grad)
+        if gradient is None:
+            return None
+        pairs.append((_objective_gradient(p, gradient, weight_decay), step))
+    if not pairs or not slope > 0:
+        return None
+    return 1.0 - float(_sum_of_dots(pairs)) / slope
+
+
+def _objective_gradient(p: Tensor, gradient: Tensor, weight_decay: float) -> Tensor:
+    r""":math:`G = g + \text{wd}\,\theta`, flat and detached."""
+    flat = gradient.detach().reshape(-1)
+    return flat.add(p.detach().reshape(-1), alpha=weight_decay) if weight_decay else flat
+
+
+def _sum_of_dots(pairs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
+    r""":math:`\sum_i a_i^\top b_i`, a 0-dim float64 tensor (0 for no pairs).
+
+    Each product is formed in the operands' precision (at least float32): a check compares a ratio of such
+    sums with a threshold, where a relative error of 1e-6 does not matter, and widening every operand to
+    float64 cost more than the Hessian-vector product. Where that overflows, the sum is formed again in the
+    accumulation dtype (:func:`probprec._precision.dot`).
+    """
+    if not pairs:
+        return torch.zeros((), dtype=torch.float64)
+    fast = torch.stack([torch.dot(_at_least_float(a), _at_least_float(b)).double() for a, b in pairs]).sum()
+    if math.isfinite(float(fast)):
+        return fast
+    return torch.stack([dot(a, b).double() for a, b in pairs]).sum()
+
+
+def _at_least_float(x: Tensor) -> Tensor:
+    return x.float() if x.element_size() < 4 else x
 
 
 class RelativeUpdate(NamedTuple):

@@ -51,6 +51,8 @@ class Config:
     """End the posterior before ``num_observations`` when its top curvatures stop changing."""
     warm_start: bool = True
     """Carry the previous estimate's directions and curvatures into the next (:mod:`probprec.warm_start`)."""
+    secant_check: bool = False
+    """Also measure each check's step by the gradient where it ended (:func:`~probprec.check_step.secant_ratio`)."""
     quirks: frozenset[str] = frozenset()
     """The 2019 quirks left on (thesis mode); empty in the default mode."""
 
@@ -79,6 +81,10 @@ class Config:
         # the new mechanisms: None is on in the default mode, off in the 2019 class's
         safeguard, keep_moving, adaptive_restarts, adaptive_observations, warm_start = (
             mode == "default" if options.get(key) is None else bool(options[key]) for key in MECHANISMS)
+        secant_check = bool(options.get("secant_check", cls.secant_check))
+        if secant_check and not safeguard:
+            raise ValueError("secant_check=True needs the safeguard, got safeguard=False (or mode='thesis', where it "
+                             "is off unless safeguard=True)")
         return cls(
             est_rank=est_rank,
             num_observations=num_observations,
@@ -98,6 +104,7 @@ class Config:
             adaptive_restarts=adaptive_restarts,
             adaptive_observations=adaptive_observations,
             warm_start=warm_start,
+            secant_check=secant_check,
             quirks=_quirks(mode, fixes),
         )
 
@@ -121,7 +128,8 @@ class Config:
                 "build_preconditioner": self.build_preconditioner,
                 "apply_preconditioner": self.apply_preconditioner, "safeguard": self.safeguard,
                 "keep_moving": self.keep_moving, "adaptive_restarts": self.adaptive_restarts,
-                "adaptive_observations": self.adaptive_observations, "warm_start": self.warm_start}
+                "adaptive_observations": self.adaptive_observations, "warm_start": self.warm_start,
+                "secant_check": self.secant_check}
 
 
 def _quirks(mode: str, fixes: Any) -> frozenset[str]:

@@ -23,7 +23,16 @@ from . import _checkpoint, _loss_scale
 from ._groups import INNER_WEIGHT_DECAY, InnerSpec, check_new_group, normalized_groups, own_defaults
 from ._validation import check_float, check_inner_class, check_memory, group_list
 from .arithmetic import arithmetic_for
-from .check_step import relative_update, step_ratio, tracked_choice, tracked_curvature
+from .check_step import (
+    SECANT_STATE,
+    StepCheck,
+    Tracked,
+    relative_update,
+    secant_ratio,
+    step_ratio,
+    tracked_choice,
+    tracked_curvature,
+)
 from .config import Config
 from .distributed import Collective, hyperparameter_facts, parameter_facts
 from .estimator import CycleEstimator, Estimate, Outcome
@@ -134,6 +143,11 @@ class Preconditioner(Optimizer):
         warm_start: carry the previous estimate's top directions and curvatures
             into the next cycle (:mod:`probprec.warm_start`). None (default): on,
             except in thesis mode.
+        secant_check: the update after each check also measures the check's step by the
+            gradient where it ended, and cuts the step sizes and bounds their growth where
+            the step went past the minimum (:func:`~probprec.check_step.secant_ratio`);
+            needs the safeguard. False (default): on minibatch noise it slowed the CNNs
+            it was measured on; it helps problems whose gradients are (nearly) exact.
         inner_weight_decay: the inner optimizer's own weight decay (e.g. AdamW's
             decoupled decay), ``>= 0``; 0 unless given, whatever the inner class's default.
         process_group: the data-parallel ``torch.distributed`` group whose ranks build one estimate
@@ -178,6 +192,7 @@ class Preconditioner(Optimizer):
         adaptive_restarts: bool | None = None,
         adaptive_observations: bool | None = None,
         warm_start: bool | None = None,
+        secant_check: bool = False,
         first_cycle_lr: float | None = None,
         inner_weight_decay: float = 0.0,
         process_group: Any = None,
@@ -190,7 +205,7 @@ class Preconditioner(Optimizer):
             restart_interval=restart_interval, build_preconditioner=build_preconditioner,
             apply_preconditioner=apply_preconditioner, mode=mode, safeguard=safeguard, keep_moving=keep_moving,
             adaptive_restarts=adaptive_restarts, adaptive_observations=adaptive_observations,
-            warm_start=warm_start)
+            warm_start=warm_start, secant_check=secant_check)
         defaults = own_defaults(weight_decay, inner_weight_decay, lr, first_cycle_lr)
         self.optim_class = check_inner_class(optim_class, Preconditioner)
         self.arithmetic = arithmetic_for(config)
@@ -705,20 +720,26 @@ class Preconditioner(Optimizer):
     def _optimize(self, check: bool = False) -> None:
         """One update: the inner optimizer steps on the preconditioned gradient at the effective rate.
 
-        With ``check`` (a check step of :mod:`probprec.safeguard`) the step is first measured against the
-        curvature along it, and the step sizes are cut if it would overshoot.
+        With ``secant_check`` the update after a check first measures the secant ratio of the check's step;
+        with the safeguard every update is held to the relative limits. With ``check`` (a check step of
+        :mod:`probprec.safeguard`) the step is first measured against the curvature along it, and the step
+        sizes are cut if it would overshoot.
         """
         inner = self._inner
         assert inner is not None
         swapped: list[tuple[Tensor, Tensor | None]] = []
         safeguard, rates = self._safeguard.as_state(), [g["lr"] for g in inner.param_groups]
+        measured: StepCheck | None = None
         try:
             with self._log.transaction():
                 lrs = self._prepare_update(inner, swapped)
+                originals = dict(swapped)
+                if self.config.secant_check:
+                    self._check_secant(inner, lrs, originals)
                 if self.config.safeguard:
                     self._limit_relative(inner, lrs)
                 if check:
-                    self._check_update(inner, lrs, dict(swapped))
+                    measured = self._check_update(inner, lrs, originals)
                 inner.step()
         except BaseException:  # a failed product or step leaves no cut behind
             self._safeguard = Safeguard.from_state(safeguard)
@@ -730,6 +751,8 @@ class Preconditioner(Optimizer):
             for p, g in swapped:
                 if not (keep and p.grad is not None):
                     p.grad = g
+        if safeguard["pending"] is not None or measured is not None:
+            self._keep_for_secant(measured)
         for index in range(len(self.param_groups)):
             self._safeguard.used(index, self._estimated_step(index))
         if self._schedule.update():
@@ -778,23 +801,58 @@ class Preconditioner(Optimizer):
                                    f"{relative.tensor:.3g} x a tensor's (limit {TENSOR_LIMIT}): step size cut by "
                                    f"{cut:.3g}", index)
 
-    def _check_update(self, inner: Optimizer, lrs: list[float | None], originals: dict[Tensor, Tensor | None]) -> None:
+    def _check_secant(self, inner: Optimizer, lrs: list[float | None], originals: dict[Tensor, Tensor | None]) -> None:
+        """At the update after a check: cut the step sizes if the check's step overshot (:func:`secant_ratio`)."""
+        slope = self._safeguard.pending
+        if slope is None:
+            return
+        steps = [(p, self.state[p][SECANT_STATE], group["weight_decay"])
+                 for group in self.param_groups for p in group["params"] if SECANT_STATE in self.state.get(p, {})]
+        ratio = secant_ratio(steps, slope, originals)
+        cut = self._safeguard.observe_secant(ratio, self._schedule.optimize_steps + 1)
+        if cut < 1.0:
+            self._event("cut", f"secant ratio {ratio:.3g} of the last check's step > {LIMIT}: step sizes cut by "
+                               f"{cut:.3g}")
+            self._refresh_rates(inner, lrs)
+
+    def _keep_for_secant(self, measured: StepCheck | None) -> None:
+        """After an update: forget the last check's step; keep this one's if it was a check (the step taken)."""
+        for p in self._all_params():
+            self.state.get(p, {}).pop(SECANT_STATE, None)
+        self._safeguard.pending = None
+        if measured is not None and self.config.secant_check and measured.steps:
+            for p, step in measured.steps:
+                self.state[p][SECANT_STATE] = step
+            self._safeguard.pending = measured.slope
+
+    def _check_update(self, inner: Optimizer, lrs: list[float | None],
+                      originals: dict[Tensor, Tensor | None]) -> StepCheck | None:
         """A check step (:mod:`probprec.check_step`): cut the step sizes if the update overshoots.
 
+        Returns what it measured of the step as taken (after any cut), for the next update's secant ratio.
         With adaptive restarts, also note whether the estimate is stale.
         """
         tracked = self._schedule.tracked if self.config.adaptive_restarts else None
-        ratio = step_ratio(self.param_groups, lrs, originals, self._graphs, self._graph_scale,
-                           retain_graph=tracked is not None, mean=self._collective.mean)
-        self._log.hvp_count += ratio is not None
+        measured = step_ratio(self.param_groups, lrs, originals, self._graphs, self._graph_scale,
+                              retain_graph=tracked is not None, mean=self._collective.mean)
+        self._log.hvp_count += measured is not None
+        ratio = None if measured is None else measured.ratio
         cut = self._safeguard.observe(ratio, self._schedule.optimize_steps + 1, cut_allowed=self.config.safeguard)
         if cut < 1.0:
             self._event("cut", f"step ratio {ratio:.3g} > {LIMIT}: step sizes cut by {cut:.3g}")
-            for index, (group, inner_group) in enumerate(zip(self.param_groups, inner.param_groups, strict=True)):
-                if group["adaptive_lr"] and lrs[index] is not None:
-                    inner_group["lr"] = self._effective_lr(index)
-        if tracked is None:
-            return
+            self._refresh_rates(inner, lrs)
+        if tracked is not None:
+            self._track(tracked, originals)
+        return None if measured is None else measured.taken(cut)
+
+    def _refresh_rates(self, inner: Optimizer, lrs: list[float | None]) -> None:
+        """The safeguard changed the factors: give the adaptive groups that step their new rates."""
+        for index, (group, inner_group) in enumerate(zip(self.param_groups, inner.param_groups, strict=True)):
+            if group["adaptive_lr"] and lrs[index] is not None:
+                inner_group["lr"] = lrs[index] = self._effective_lr(index)
+
+    def _track(self, tracked: Tracked, originals: dict[Tensor, Tensor | None]) -> None:
+        """Measure the curvature along the tracked direction; note whether the estimate is stale."""
         index, reference, noise = tracked
         p = self._all_params()[index]
         weight_decay = next(g["weight_decay"] for g in self.param_groups if any(q is p for q in g["params"]))

@@ -38,6 +38,14 @@ deep ReLU MLP the group's update was 5 % of its norm while the output layer's bi
 last hidden layer's by 50 %: the small tensors at the end of the network moved most, and its units died within
 twenty updates.)
 
+With ``secant_check`` (off by default) the update after a check also measures the check's step by the gradient
+where it ended (:func:`~probprec.check_step.secant_ratio`): the curvature averaged over the step, which sees a step
+that went past the minimum into steeper ground, where the check at its start saw little curvature. The
+geometric mean of the last two such ratios (:attr:`Safeguard.secants`) bounds the factor's growth and, above
+:data:`LIMIT`, cuts it (:meth:`Safeguard.observe_secant`). Its ratio compares the gradients of two minibatches,
+so minibatch noise pulls it towards 1 whatever the curvature; on the CNNs it was measured on it held the step
+size down, so it is for problems whose gradients are (nearly) exact.
+
 The checks are the first update after an estimate and then come at doubling intervals (1, 2, 4, ...
 updates, at most :data:`MAX_INTERVAL`), back to every update after a check cuts: a cautious start and a
 bounded number of extra passes per cycle (about :math:`\log_2` of the cycle's updates) while nothing is
@@ -79,6 +87,10 @@ class Safeguard:
     ceilings: list[float] = field(default_factory=list)
     """Per group: the largest factor the last check allows (the model's minimiser along the update, at most 1);
     a factor cut by the relative limits grows back to it without a check."""
+    secants: list[float | None] = field(default_factory=list)
+    """Per group: the factor at which the secant ratio of the last checks' steps is :data:`TARGET` (the geometric
+    mean of the last two measurements), or None (none since the estimate, or the slope grew along the step). The
+    factor grows at most to :data:`LIMIT` / :data:`TARGET` times it (:meth:`bound`)."""
     last: list[float | None] = field(default_factory=list)
     """Per group: the step size last used (estimate times factor), or None before the first."""
     next_check: int = 1
@@ -86,16 +98,20 @@ class Safeguard:
     interval: int = 1
     checks: int = 0
     cuts: int = 0
+    pending: float | None = None
+    r"""The slope :math:`G^\top \Delta` of the last check's update, until the update after it measures the
+    secant ratio (:meth:`observe_secant`); None otherwise."""
 
     def add_group(self) -> None:
         """A parameter group was added."""
         self.factors.append(1.0)
         self.ceilings.append(1.0)
+        self.secants.append(None)
         self.last.append(None)
 
     def remove_groups(self, first: int) -> None:
         """Forget the groups from ``first`` on (an ``add_param_group`` that failed)."""
-        del self.factors[first:], self.ceilings[first:], self.last[first:]
+        del self.factors[first:], self.ceilings[first:], self.secants[first:], self.last[first:]
 
     def new_estimate(self, index: int, step_size: float | None, failed: bool) -> None:
         """A new estimate of group ``index``'s step size: bound its growth over the one last used."""
@@ -107,10 +123,11 @@ class Safeguard:
         else:
             self.factors[index] = min(1.0, GROWTH * last / step_size)
         self.ceilings[index] = self.factors[index]
+        self.secants[index] = None
 
     def restart(self) -> None:
         """A new cycle's updates begin: check at once, then at doubling intervals."""
-        self.next_check, self.interval = 1, 1
+        self.next_check, self.interval, self.pending = 1, 1, None
 
     def check_due(self, updates: int) -> bool:
         """Whether update number ``updates`` (1 is the first after the estimate's own) checks."""
@@ -126,19 +143,56 @@ class Safeguard:
         cut = 1.0
         r = ratio if cut_allowed and ratio is not None and math.isfinite(ratio) else None
         if r is not None and r > LIMIT:
-            cut = TARGET / r
-            self.factors = [f * cut for f in self.factors]
-            self.ceilings = list(self.factors)
-            self.cuts += 1
-            self.interval = 1
+            cut = self._cut(r)
         else:
             if r is not None and r > 0:
-                self.ceilings = [max(f, min(1.0, f * TARGET / r)) for f in self.factors]
-            if r is not None and 0 <= r < LIMIT / GROWTH:
-                self.factors = [min(1.0, f * GROWTH) for f in self.factors]  # room to grow
+                self.ceilings = [max(f, min(1.0, f * TARGET / r, self.bound(i))) for i, f in enumerate(self.factors)]
+            if r is not None and 0 <= r < LIMIT / GROWTH:  # room to grow, as far as the secant allows
+                self.factors = [min(1.0, f * GROWTH, max(f, self.bound(i))) for i, f in enumerate(self.factors)]
                 self.ceilings = [max(c, f) for c, f in zip(self.ceilings, self.factors, strict=True)]
             self.interval = min(2 * self.interval, MAX_INTERVAL)
         self.next_check = updates + self.interval
+        return cut
+
+    def observe_secant(self, ratio: float | None, updates: int) -> float:
+        """Record the secant ratio of the last check's step; return the factor to apply to every step size (<= 1).
+
+        The ratio (:func:`~probprec.check_step.secant_ratio`, measured at update ``updates``) gives the factor at
+        which the step's secant ratio would be :data:`TARGET`; the geometric mean with the previous one is kept
+        (:attr:`secants`). The ceiling and the growth at checks stop at :meth:`bound`; where the factor is
+        beyond it (the averaged secant ratio above :data:`LIMIT`), every factor is cut as a check cuts, and the
+        next update checks. Two measurements are averaged because each compares the gradients of two minibatches.
+        """
+        self.pending = None
+        if ratio is None or not math.isfinite(ratio):
+            return 1.0
+        if not ratio > 0:  # the slope grew along the step: no overshoot to bound
+            self.secants = [None] * len(self.factors)
+            return 1.0
+        fresh = [f * TARGET / ratio for f in self.factors]
+        secants = [n if m is None else math.sqrt(m * n) for m, n in zip(self.secants, fresh, strict=True)]
+        self.secants = list(secants)
+        self.ceilings = [min(c, max(f, self.bound(i))) for i, (c, f) in
+                         enumerate(zip(self.ceilings, self.factors, strict=True))]
+        averaged = max(f * TARGET / m for f, m in zip(self.factors, secants, strict=True))
+        if averaged <= LIMIT:
+            return 1.0
+        cut = self._cut(averaged)
+        self.next_check = updates + 1
+        return cut
+
+    def bound(self, index: int) -> float:
+        """The largest factor of group ``index`` whose averaged secant ratio stays within :data:`LIMIT` (or 1)."""
+        secant = self.secants[index]
+        return 1.0 if secant is None else min(1.0, secant * LIMIT / TARGET)
+
+    def _cut(self, ratio: float) -> float:
+        """Cut every factor by :data:`TARGET` / ``ratio``; the ceilings follow, the checks come at every update."""
+        cut = TARGET / ratio
+        self.factors = [f * cut for f in self.factors]
+        self.ceilings = list(self.factors)
+        self.cuts += 1
+        self.interval = 1
         return cut
 
     def limit_relative(self, index: int, relative: tuple[float, float], multiplier: float = 1.0) -> float:
@@ -174,12 +228,17 @@ class Safeguard:
     def as_state(self) -> dict[str, Any]:
         """Plain values for a state dict."""
         return {"factors": list(self.factors), "ceilings": list(self.ceilings), "last": list(self.last),
-                "next_check": self.next_check, "interval": self.interval, "checks": self.checks, "cuts": self.cuts}
+                "next_check": self.next_check, "interval": self.interval, "checks": self.checks, "cuts": self.cuts,
+                "pending": self.pending, "secants": list(self.secants)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Safeguard:
         """Read :meth:`as_state`."""
         factors = [float(f) for f in state["factors"]]
         ceilings = [float(c) for c in state.get("ceilings", factors)]  # state dicts before ceilings: no regrowth
-        return cls(factors, ceilings, [None if v is None else float(v) for v in state["last"]],
-                   int(state["next_check"]), int(state["interval"]), int(state["checks"]), int(state["cuts"]))
+        pending = state.get("pending")  # state dicts before the secant ratio: none pending, none measured
+        secants = [None if m is None else float(m) for m in state.get("secants", [None] * len(factors))]
+        return cls(factors, ceilings, secants, [None if v is None else float(v) for v in state["last"]],
+                   int(state["next_check"]), int(state["interval"]), int(state["checks"]), int(state["cuts"]),
+                   None if pending is None else float(pending))
+

@@ -36,6 +36,7 @@ def test_full_scale_is_a_valid_sweep_with_the_thesis_budget(name):
         for mechanism in MECHANISMS:
             assert {mechanism: False} in switched
         assert dict.fromkeys(MECHANISMS, False) in switched
+        assert {"secant_check": True} in switched, "the option that is off by default, switched on"
         assert spec.problems == load_sweep(experiment_path("lr_free"), "full").problems
     if name == "exp3_init":
         assert spec.batch_size == [32, 64, 128] and set(spec.problems) == {"cifar10_roos", "cifar10_3c3d"}

@@ -247,6 +247,19 @@ def test_the_relative_size_of_an_update_at_any_scale(scale):
     assert relative_update([p], lr=0.5) == pytest.approx(RelativeUpdate(0.5 * 4.0 / 3.0, 0.5 * 4.0 / 3.0), rel=1e-6)
 
 
+def test_the_relative_size_of_a_mixed_precision_group():
+    """Tensors of several dtypes (a bfloat16 weight, a float16 bias, a float32 scale): the norms per dtype."""
+    weight = torch.full((64,), 0.5, dtype=torch.bfloat16)  # norm 4
+    weight.grad = torch.full((64,), 0.125, dtype=torch.bfloat16)  # norm 1
+    bias = torch.full((4,), 1.5, dtype=torch.float16)  # norm 3
+    bias.grad = torch.full((4,), 0.25, dtype=torch.float16)  # norm 0.5
+    scale = torch.full((16,), 1.0)  # norm 4
+    scale.grad = torch.full((16,), 0.5)  # norm 2
+    expected = RelativeUpdate(0.1 * math.sqrt(1.0 + 0.25 + 4.0) / math.sqrt(16.0 + 9.0 + 16.0),
+                              0.1 * max(1.0 / 4.0, 0.5 / 3.0, 2.0 / 4.0))
+    assert relative_update([weight, bias, scale], lr=0.1) == pytest.approx(expected, rel=1e-6)
+
+
 def test_the_relative_size_per_tensor_against_its_norm_or_its_share_of_the_group():
     """|Delta_t| / max(|theta_t|, |theta| sqrt(n_t / n)), the largest over the tensors; a tensor without a
     gradient counts in the group's norm only."""

@@ -1,6 +1,7 @@
-r"""The measurements of a check step, each one Hessian-vector product on the update's own minibatch.
+r"""The measurements of the safeguard: of a check step, of the update after it, and of every update's size.
 
-At a check step (:mod:`probprec.safeguard` says when) the optimizer measures, before it updates,
+At a check step (:mod:`probprec.safeguard` says when) the optimizer measures, before it updates, with one
+Hessian-vector product each on the update's own minibatch,
 
 * the *step ratio* of the update :math:`\Delta = \eta\,P G` (:func:`step_ratio`),
 
@@ -16,7 +17,9 @@ At a check step (:mod:`probprec.safeguard` says when) the optimizer measures, be
   :func:`tracked_choice` picks, which :func:`probprec.schedule.is_stale` compares with its first measurement.
 
 Each product takes the gradients that carry the autograd graph (``loss.backward(create_graph=True)``) and the
-factor by which that graph's loss was scaled; each function returns ``None`` when it measured nothing.
+factor by which that graph's loss was scaled; each function returns ``None`` when it measured nothing. At every
+update the relative limits measure the update's size against the parameters' (:func:`relative_update`, no
+product). :mod:`probprec.step_control` applies all of them to the update in progress.
 """
 
 from __future__ import annotations
@@ -205,14 +208,24 @@ def relative_update(params: Sequence[Tensor], lr: float) -> RelativeUpdate:
 
 
 def _tensor_norms(tensors: Sequence[Tensor], wide: bool) -> Tensor:
-    """The Euclidean norm of each tensor (computed in float64 if ``wide``, else in at least float32)."""
+    """The Euclidean norm of each tensor (computed in float64 if ``wide``, else in at least float32).
+
+    One ``_foreach_norm`` per dtype, so a mixed-precision model costs a call per dtype, not per tensor.
+    """
     if wide:
         return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float64))
-    dtypes = {t.dtype for t in tensors}
-    if len(dtypes) == 1 and tensors[0].element_size() >= 4:
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        by_dtype.setdefault(tensor.dtype, []).append(index)
+    if len(by_dtype) == 1 and tensors[0].element_size() >= 4:  # the common case: one call, one stack
         return torch.stack(torch._foreach_norm(list(tensors), 2))
-    return torch.stack([torch._foreach_norm([t], 2, dtype=torch.float32 if t.element_size() < 4 else None)[0]
-                        .double() for t in tensors])
+    norms: list[Tensor] = [torch.empty(0)] * len(tensors)
+    for dtype, indices in by_dtype.items():
+        low = torch.finfo(dtype).bits < 32
+        values = torch._foreach_norm([tensors[i] for i in indices], 2, dtype=torch.float32 if low else None)
+        for index, value in zip(indices, values, strict=True):
+            norms[index] = value.double()
+    return torch.stack(norms)
 
 
 def tracked_curvature(p: Tensor, graph: Tensor | None, U: Tensor | None, weight_decay: float,

@@ -23,24 +23,16 @@ from . import _checkpoint, _loss_scale
 from ._groups import INNER_WEIGHT_DECAY, InnerSpec, check_new_group, normalized_groups, own_defaults
 from ._validation import check_float, check_inner_class, check_memory, group_list
 from .arithmetic import arithmetic_for
-from .check_step import (
-    SECANT_STATE,
-    StepCheck,
-    Tracked,
-    relative_update,
-    secant_ratio,
-    step_ratio,
-    tracked_choice,
-    tracked_curvature,
-)
+from .check_step import StepCheck, Tracked, tracked_choice, tracked_curvature
 from .config import Config
 from .distributed import Collective, hyperparameter_facts, parameter_facts
 from .estimator import CycleEstimator, Estimate, Outcome
 from .hvp import has_graph, hessian_vector_product
 from .log import OptimizerLog
 from .precondition import precondition
-from .safeguard import LIMIT, RELATIVE_LIMIT, TENSOR_LIMIT, Safeguard
+from .safeguard import Safeguard
 from .schedule import MAX_AGE, CycleSchedule, is_stale
+from .step_control import Curvature, StepControl, Update
 from .warm_start import Memory
 
 __all__ = ["Preconditioner"]
@@ -228,7 +220,7 @@ class Preconditioner(Optimizer):
         self._schedule = CycleSchedule()
         self._estimator: CycleEstimator | None = None
         self._log = OptimizerLog()
-        self._safeguard = Safeguard()
+        self._control = StepControl()
         self._gains: list[float] = []
         self._warned: set[str] = set()
         self._stale: str | None = None  # during an update: why the estimate is stale (a restart follows)
@@ -258,14 +250,14 @@ class Preconditioner(Optimizer):
         try:
             self._log.priors.append(None)
             self._gains.append(1.0)
-            self._safeguard.add_group()
+            self._control.safeguard.add_group()
             self._plan = None
             if self._inner is not None:
                 check_memory(self._all_params(), self.config.num_observations, self.config.est_rank)
                 self._inner.add_param_group(self._inner_spec.inner_group(self.param_groups[-1]))
         except BaseException:
             del self.param_groups[before:], self._log.priors[before:], self._gains[before:]
-            self._safeguard.remove_groups(before)
+            self._control.safeguard.remove_groups(before)
             raise
 
     # ------------------------------------------------------------- public API
@@ -282,7 +274,7 @@ class Preconditioner(Optimizer):
         checking = self.config.safeguard or self.config.adaptive_restarts
         if not checking or self._schedule.cycles_completed == 0:
             return False
-        return self._safeguard.check_due(self._schedule.optimize_steps + 1)
+        return self._control.safeguard.check_due(self._schedule.optimize_steps + 1)
 
     @property
     def phase(self) -> str:
@@ -405,7 +397,7 @@ class Preconditioner(Optimizer):
             "config": self.config.structure(self.optim_class),
             "shapes": [list(p.shape) for p in self._all_params()],
             "schedule": self._schedule.as_state(),
-            "safeguard": self._safeguard.as_state(),
+            "safeguard": self._control.safeguard.as_state(),
             "log": self._log.as_state(),
             "gains": list(self._gains),
             "estimator": None if self._estimator is None else self._estimator.state_dict(),
@@ -441,7 +433,7 @@ class Preconditioner(Optimizer):
         super().load_state_dict(state_dict)
         self._plan = None
         self._schedule = CycleSchedule.from_state(extra["schedule"])
-        self._safeguard = Safeguard.from_state(extra["safeguard"])
+        self._control.safeguard = Safeguard.from_state(extra["safeguard"])
         self._log = OptimizerLog.from_state(extra["log"])
         self._gains = [float(g) for g in extra["gains"]]
         group_params = [g["params"] for g in self.param_groups]
@@ -451,7 +443,7 @@ class Preconditioner(Optimizer):
         self._inner.load_state_dict(inner)
 
     _OWN_ATTRIBUTES = ("config", "arithmetic", "optim_class", "_inner_spec", "_inner", "_plan", "_schedule",
-                       "_safeguard", "_estimator", "_log", "_gains", "_warned", "_products")
+                       "_control", "_estimator", "_log", "_gains", "_warned", "_products")
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -605,7 +597,7 @@ class Preconditioner(Optimizer):
         failed = {e.group for e in outcome.events if e.kind == "fallback"}
         for i, step_size in outcome.step_sizes.items():
             self.param_groups[i]["step_size"] = step_size
-            self._safeguard.new_estimate(i, step_size, failed=i in failed)
+            self._control.safeguard.new_estimate(i, step_size, failed=i in failed)
         for event in outcome.events:
             self._event(event.kind, event.message, event.group)
         if outcome.restart is not None:
@@ -630,7 +622,7 @@ class Preconditioner(Optimizer):
         self._schedule.complete()
         group_of = [i for i, g in enumerate(self.param_groups) for _ in g["params"]]
         self._schedule.tracked = tracked_choice(estimate, self._log.priors, group_of)
-        self._safeguard.restart()
+        self._control.safeguard.restart()
         self._plan = None
         assert self._inner is not None
         self.arithmetic.after_cycle(self._inner)
@@ -728,21 +720,22 @@ class Preconditioner(Optimizer):
         inner = self._inner
         assert inner is not None
         swapped: list[tuple[Tensor, Tensor | None]] = []
-        safeguard, rates = self._safeguard.as_state(), [g["lr"] for g in inner.param_groups]
+        safeguard, rates = self._control.safeguard.as_state(), [g["lr"] for g in inner.param_groups]
         measured: StepCheck | None = None
         try:
             with self._log.transaction():
                 lrs = self._prepare_update(inner, swapped)
-                originals = dict(swapped)
+                update = Update(self.param_groups, inner.param_groups, lrs, dict(swapped),
+                                self._schedule.optimize_steps + 1, self._effective_lr, self._event)
                 if self.config.secant_check:
-                    self._check_secant(inner, lrs, originals)
+                    self._control.secant(update, self.state)
                 if self.config.safeguard:
-                    self._limit_relative(inner, lrs)
+                    self._control.limit_relative(update)
                 if check:
-                    measured = self._check_update(inner, lrs, originals)
+                    measured = self._check_update(update)
                 inner.step()
         except BaseException:  # a failed product or step leaves no cut behind
-            self._safeguard = Safeguard.from_state(safeguard)
+            self._control.safeguard = Safeguard.from_state(safeguard)
             for inner_group, rate in zip(inner.param_groups, rates, strict=True):
                 inner_group["lr"] = rate
             raise
@@ -751,10 +744,10 @@ class Preconditioner(Optimizer):
             for p, g in swapped:
                 if not (keep and p.grad is not None):
                     p.grad = g
-        if safeguard["pending"] is not None or measured is not None:
-            self._keep_for_secant(measured)
+        if self.config.secant_check and (safeguard["pending"] is not None or measured is not None):
+            self._control.keep(measured, self.state, self._all_params())
         for index in range(len(self.param_groups)):
-            self._safeguard.used(index, self._estimated_step(index))
+            self._control.safeguard.used(index, self._estimated_step(index))
         if self._schedule.update():
             self._begin_cycle()  # the wait after repeated failures is over: try again
         elif self._estimator is None and self.config.adaptive_restarts:
@@ -783,82 +776,28 @@ class Preconditioner(Optimizer):
             swapped += self._precondition_gradients(entries, wd)
         return lrs
 
-    def _limit_relative(self, inner: Optimizer, lrs: list[float | None]) -> None:
-        """Hold each group's update to :data:`~probprec.safeguard.RELATIVE_LIMIT`, its tensors' to ``TENSOR_LIMIT``.
+    def _check_update(self, update: Update) -> StepCheck | None:
+        """A check step (:meth:`StepControl.check`); with adaptive restarts, also note whether the estimate is stale.
 
-        A step size cut by them grows back while the updates have room, up to the last check's ceiling.
-        """
-        for index, (group, inner_group) in enumerate(zip(self.param_groups, inner.param_groups, strict=True)):
-            lr = lrs[index]
-            if lr is None or not group["adaptive_lr"]:
-                continue
-            relative = relative_update(group["params"], lr)
-            cut = self._safeguard.limit_relative(index, relative, group["lr"])
-            if cut != 1.0:
-                inner_group["lr"] = lrs[index] = self._effective_lr(index)
-            if cut < 1.0:
-                self._event("cut", f"update {relative.group:.3g} x the parameters' norm (limit {RELATIVE_LIMIT}), "
-                                   f"{relative.tensor:.3g} x a tensor's (limit {TENSOR_LIMIT}): step size cut by "
-                                   f"{cut:.3g}", index)
-
-    def _check_secant(self, inner: Optimizer, lrs: list[float | None], originals: dict[Tensor, Tensor | None]) -> None:
-        """At the update after a check: cut the step sizes if the check's step overshot (:func:`secant_ratio`)."""
-        slope = self._safeguard.pending
-        if slope is None:
-            return
-        steps = [(p, self.state[p][SECANT_STATE], group["weight_decay"])
-                 for group in self.param_groups for p in group["params"] if SECANT_STATE in self.state.get(p, {})]
-        ratio = secant_ratio(steps, slope, originals)
-        cut = self._safeguard.observe_secant(ratio, self._schedule.optimize_steps + 1)
-        if cut < 1.0:
-            self._event("cut", f"secant ratio {ratio:.3g} of the last check's step > {LIMIT}: step sizes cut by "
-                               f"{cut:.3g}")
-            self._refresh_rates(inner, lrs)
-
-    def _keep_for_secant(self, measured: StepCheck | None) -> None:
-        """After an update: forget the last check's step; keep this one's if it was a check (the step taken)."""
-        for p in self._all_params():
-            self.state.get(p, {}).pop(SECANT_STATE, None)
-        self._safeguard.pending = None
-        if measured is not None and self.config.secant_check and measured.steps:
-            for p, step in measured.steps:
-                self.state[p][SECANT_STATE] = step
-            self._safeguard.pending = measured.slope
-
-    def _check_update(self, inner: Optimizer, lrs: list[float | None],
-                      originals: dict[Tensor, Tensor | None]) -> StepCheck | None:
-        """A check step (:mod:`probprec.check_step`): cut the step sizes if the update overshoots.
-
-        Returns what it measured of the step as taken (after any cut), for the next update's secant ratio.
-        With adaptive restarts, also note whether the estimate is stale.
+        Returns what it measured of the step as taken, for the next update's secant ratio.
         """
         tracked = self._schedule.tracked if self.config.adaptive_restarts else None
-        measured = step_ratio(self.param_groups, lrs, originals, self._graphs, self._graph_scale,
-                              retain_graph=tracked is not None, mean=self._collective.mean)
+        curvature = Curvature(self._graphs, self._graph_scale, self._collective.mean)
+        measured = self._control.check(update, curvature, cut_allowed=self.config.safeguard,
+                                       retain_graph=tracked is not None)
         self._log.hvp_count += measured is not None
-        ratio = None if measured is None else measured.ratio
-        cut = self._safeguard.observe(ratio, self._schedule.optimize_steps + 1, cut_allowed=self.config.safeguard)
-        if cut < 1.0:
-            self._event("cut", f"step ratio {ratio:.3g} > {LIMIT}: step sizes cut by {cut:.3g}")
-            self._refresh_rates(inner, lrs)
         if tracked is not None:
-            self._track(tracked, originals)
-        return None if measured is None else measured.taken(cut)
+            self._track(tracked, update.originals, curvature)
+        return measured
 
-    def _refresh_rates(self, inner: Optimizer, lrs: list[float | None]) -> None:
-        """The safeguard changed the factors: give the adaptive groups that step their new rates."""
-        for index, (group, inner_group) in enumerate(zip(self.param_groups, inner.param_groups, strict=True)):
-            if group["adaptive_lr"] and lrs[index] is not None:
-                inner_group["lr"] = lrs[index] = self._effective_lr(index)
-
-    def _track(self, tracked: Tracked, originals: dict[Tensor, Tensor | None]) -> None:
+    def _track(self, tracked: Tracked, originals: dict[Tensor, Tensor | None], curvature: Curvature) -> None:
         """Measure the curvature along the tracked direction; note whether the estimate is stale."""
         index, reference, noise = tracked
         p = self._all_params()[index]
         weight_decay = next(g["weight_decay"] for g in self.param_groups if any(q is p for q in g["params"]))
-        graph = self._graphs.get(p, originals.get(p, p.grad))
-        observed = tracked_curvature(p, graph, self.state.get(p, {}).get("eigvecs"), weight_decay, self._graph_scale,
-                                     mean=self._collective.mean)
+        graph = curvature.graphs.get(p, originals.get(p, p.grad))
+        observed = tracked_curvature(p, graph, self.state.get(p, {}).get("eigvecs"), weight_decay, curvature.scale,
+                                     mean=curvature.mean)
         self._log.hvp_count += observed is not None
         if observed is not None and reference is None:
             self._schedule.tracked = (index, observed, noise)  # the first check gives the reference
@@ -919,5 +858,5 @@ class Preconditioner(Optimizer):
         group = self.param_groups[index]
         if not group["adaptive_lr"] or group["step_size"] is None:
             return None
-        factor = self._safeguard.factors[index] if self.config.safeguard else 1.0
+        factor = self._control.safeguard.factors[index] if self.config.safeguard else 1.0
         return group["step_size"] * factor

@@ -99,10 +99,15 @@ def step_ratio(groups: Sequence[dict[str, Any]], lrs: Sequence[float | None], or
         return None
     vectors = [s.view_as(p) for s, p in zip(steps, params, strict=True)]
     products = hessian_vector_product(params, grads, vectors, retain_graph=retain_graph)
-    curvature = mean(_sum_of_dots([(s, h.reshape(-1)) for s, h in zip(steps, products, strict=True)])) / graph_scale
-    decayed = float(_sum_of_dots([(s * wd, s) for s, wd in zip(steps, decay, strict=True) if wd]))
-    slope = float(_sum_of_dots(slopes))
-    ratio = float(curvature + decayed) / slope if slope else math.nan  # no slope: nothing to compare with
+    sums = [[(s, h.reshape(-1)) for s, h in zip(steps, products, strict=True)],
+            [(s * wd, s) for s, wd in zip(steps, decay, strict=True) if wd], slopes]
+    for wide in (False, True):  # one host synchronisation; again in float64 where float32 overflowed
+        values = [mean(_sum_of_dots(sums[0], wide)) / graph_scale, _sum_of_dots(sums[1], wide),
+                  _sum_of_dots(sums[2], wide)]
+        curvature, decayed, slope = torch.stack([v.to(values[0].device) for v in values]).tolist()
+        if all(map(math.isfinite, (curvature, decayed, slope))):
+            break
+    ratio = (curvature + decayed) / slope if slope else math.nan  # no slope: nothing to compare with
     return StepCheck(ratio, slope, list(zip(params, steps, strict=True)))
 
 
@@ -132,7 +137,8 @@ def secant_ratio(steps: Sequence[tuple[Tensor, Tensor, float]], slope: float,
         pairs.append((_objective_gradient(p, gradient, weight_decay), step))
     if not pairs or not slope > 0:
         return None
-    return 1.0 - float(_sum_of_dots(pairs)) / slope
+    along = float(_sum_of_dots(pairs))
+    return 1.0 - (along if math.isfinite(along) else float(_sum_of_dots(pairs, wide=True))) / slope
 
 
 def _objective_gradient(p: Tensor, gradient: Tensor, weight_decay: float) -> Tensor:
@@ -141,20 +147,19 @@ def _objective_gradient(p: Tensor, gradient: Tensor, weight_decay: float) -> Ten
     return flat.add(p.detach().reshape(-1), alpha=weight_decay) if weight_decay else flat
 
 
-def _sum_of_dots(pairs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
-    r""":math:`\sum_i a_i^\top b_i`, a 0-dim float64 tensor (0 for no pairs).
+def _sum_of_dots(pairs: Sequence[tuple[Tensor, Tensor]], wide: bool = False) -> Tensor:
+    r""":math:`\sum_i a_i^\top b_i`, a 0-dim float64 tensor (0 for no pairs); no host synchronisation.
 
-    Each product is formed in the operands' precision (at least float32): a check compares a ratio of such
-    sums with a threshold, where a relative error of 1e-6 does not matter, and widening every operand to
-    float64 cost more than the Hessian-vector product. Where that overflows, the sum is formed again in the
-    accumulation dtype (:func:`probprec._precision.dot`).
+    Each product is formed in the operands' precision (at least float32), or with ``wide`` in the accumulation
+    dtype (:func:`probprec._precision.dot`): a check compares a ratio of such sums with a threshold, where a
+    relative error of 1e-6 does not matter, and widening every operand to float64 cost more than the
+    Hessian-vector product. The caller forms them again with ``wide`` where they overflowed.
     """
     if not pairs:
         return torch.zeros((), dtype=torch.float64)
-    fast = torch.stack([torch.dot(_at_least_float(a), _at_least_float(b)).double() for a, b in pairs]).sum()
-    if math.isfinite(float(fast)):
-        return fast
-    return torch.stack([dot(a, b).double() for a, b in pairs]).sum()
+    if wide:
+        return torch.stack([dot(a, b).double() for a, b in pairs]).sum()
+    return torch.stack([torch.dot(_at_least_float(a), _at_least_float(b)).double() for a, b in pairs]).sum()
 
 
 def _at_least_float(x: Tensor) -> Tensor:

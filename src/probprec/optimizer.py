@@ -784,7 +784,7 @@ class Preconditioner(Optimizer):
         tracked = self._schedule.tracked if self.config.adaptive_restarts else None
         curvature = Curvature(self._graphs, self._graph_scale, self._collective.mean)
         measured = self._control.check(update, curvature, cut_allowed=self.config.safeguard,
-                                       retain_graph=tracked is not None)
+                                       retain_graph=tracked is not None, keep_step=self.config.secant_check)
         self._log.hvp_count += measured is not None
         if tracked is not None:
             self._track(tracked, update.originals, curvature)

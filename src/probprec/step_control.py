@@ -108,12 +108,13 @@ class StepControl:
                                     f"{relative.tensor:.3g} x a tensor's (limit {TENSOR_LIMIT}): step size cut by "
                                     f"{cut:.3g}", index)
 
-    def check(self, update: Update, curvature: Curvature, cut_allowed: bool, retain_graph: bool) -> StepCheck | None:
+    def check(self, update: Update, curvature: Curvature, cut_allowed: bool, retain_graph: bool,
+              keep_step: bool = False) -> StepCheck | None:
         """A check step: measure the step ratio and cut the step sizes if the update overshoots.
 
         Without ``cut_allowed`` (the safeguard is off; the check serves adaptive restarts) only the schedule of
-        the checks advances. Returns the measurement of the step as taken (after the cut), None if no product
-        was computed.
+        the checks advances. Returns the measurement, None if no product was computed; with ``keep_step`` (for
+        the next update's secant ratio) that of the step as taken, after the cut.
         """
         measured = step_ratio(update.groups, update.lrs, update.originals, curvature.graphs, curvature.scale,
                               retain_graph=retain_graph, mean=curvature.mean)
@@ -122,7 +123,7 @@ class StepControl:
         if cut < 1.0:
             update.event("cut", f"step ratio {ratio:.3g} > {LIMIT}: step sizes cut by {cut:.3g}")
             update.refresh()
-        return None if measured is None else measured.taken(cut)
+        return measured.taken(cut) if measured is not None and keep_step else measured
 
     def keep(self, measured: StepCheck | None, state: dict[Tensor, dict[str, Any]], params: Sequence[Tensor]) -> None:
         """After an update with ``secant_check``: drop the last check's step; keep this one's if it was a check."""

@@ -32,11 +32,11 @@ import torch
 from .check_step import SECANT_STATE
 from .config import MECHANISMS
 from .cycle_state import GroupCycle, TensorCycle
+from .estimate_in_use import ESTIMATE_KEYS
 
 __all__ = ["VERSION", "Expected", "check_state_dict", "upgrade"]
 
 VERSION = 1
-_ESTIMATE_KEYS = ("eigvecs", "eigvals", "factors", "weights")
 _ROW_KEYS = ("directions", "observations")
 _SCHEDULE_INTS = ("cycle", "optimize_steps", "failures", "cycles_completed")
 _PRIOR_KEYS = ("step_size", "mean", "width", "noise", "noise_measured")
@@ -113,8 +113,8 @@ def _from_format_0(sd: Mapping[str, Any]) -> dict[str, Any]:
     cycle, log, groups = extra["cycle"], extra["log"], extra["groups"]
     state, buffers = {}, {}
     for index, entry in sd["state"].items():
-        estimate = {k: v for k, v in entry.items() if k in _ESTIMATE_KEYS}
-        rest = {k: v for k, v in entry.items() if k not in _ESTIMATE_KEYS}
+        estimate = {k: v for k, v in entry.items() if k in ESTIMATE_KEYS}
+        rest = {k: v for k, v in entry.items() if k not in ESTIMATE_KEYS}
         if estimate:
             state[index] = estimate
         if rest:
@@ -213,7 +213,7 @@ def _check_estimate(state: Mapping[Any, Any], expected: Expected) -> None:
             if key == SECANT_STATE:
                 _tensor_shape(value, f"{where}[{key!r}]", (n,))
                 continue
-            if key not in _ESTIMATE_KEYS:
+            if key not in ESTIMATE_KEYS:
                 raise _fail(f"is damaged: {where}[{key!r}] is not a key of this optimizer's state")
             _tensor_shape(value, f"{where}[{key!r}]", (None, n) if key == "eigvecs" else (None,))
             if value.shape[0] > k:

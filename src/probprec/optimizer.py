@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _checkpoint, _loss_scale
+from . import _checkpoint, _loss_scale, estimate_in_use
 from ._groups import INNER_WEIGHT_DECAY, InnerSpec, check_new_group, normalized_groups, own_defaults
 from ._validation import check_float, check_inner_class, check_memory, group_list
 from .arithmetic import arithmetic_for
@@ -29,15 +29,11 @@ from .distributed import Collective, hyperparameter_facts, parameter_facts
 from .estimator import CycleEstimator, Estimate, Outcome
 from .hvp import has_graph, hessian_vector_product
 from .log import OptimizerLog
-from .precondition import precondition
 from .safeguard import Safeguard
 from .schedule import MAX_AGE, CycleSchedule, is_stale
 from .step_control import Curvature, StepControl, Update
-from .warm_start import Memory
 
 __all__ = ["Preconditioner"]
-
-_ESTIMATE_KEYS = ("eigvecs", "eigvals", "factors", "weights")  # per-parameter state: the estimate in use
 
 
 class Preconditioner(Optimizer):
@@ -351,12 +347,7 @@ class Preconditioner(Optimizer):
         the first one, while estimating without ``keep_moving``, or when it is not
         applied).
         """
-        out: list[tuple[Tensor, Tensor] | None] = []
-        for p in self._all_params():
-            state = self.state.get(p, {})
-            U = state.get("eigvecs")
-            out.append(None if U is None else (state["eigvals"], U.reshape(U.shape[0], *p.shape)))
-        return out
+        return estimate_in_use.curvatures(self.state, self._all_params())
 
     def precondition(self, vectors: Iterable[Tensor]) -> list[Tensor]:
         """Apply the current preconditioner :math:`P` to one vector per parameter tensor.
@@ -366,15 +357,7 @@ class Preconditioner(Optimizer):
         the vector itself where no preconditioner is held. Weight decay and the
         learning rate are not applied.
         """
-        out = []
-        for p, v in zip(self._all_params(), vectors, strict=True):
-            factors = self.state.get(p, {}).get("factors")
-            if factors is None or factors.numel() == 0:
-                out.append(v.clone())
-            else:
-                U = self.state[p]["eigvecs"][: factors.numel()]
-                out.append(precondition(v.reshape(-1).to(U.dtype), U, factors).view_as(v))
-        return out
+        return estimate_in_use.apply(self.state, self._all_params(), vectors)
 
     def state_floats(self) -> int:
         """Number of floats the optimizer holds for its estimate, the inner optimizer's state excluded."""
@@ -610,11 +593,7 @@ class Preconditioner(Optimizer):
         for event in estimate.events:
             self._event(event.kind, event.message, event.group)
         self._discard_estimate()
-        params = self._all_params()
-        for index, tensor in estimate.tensors.items():
-            if tensor.eigvecs is not None:
-                self.state[params[index]].update(eigvecs=tensor.eigvecs, eigvals=tensor.eigvals,
-                                                 factors=tensor.factors, weights=tensor.weights)  # p's dtype
+        estimate_in_use.store(self.state, self._all_params(), estimate)
         self._log.tensors = {i: (t.eigenvalues, t.preconditioned) for i, t in estimate.tensors.items()}
         self._log.observations = estimate.observations
         for i, gain in estimate.gains.items():
@@ -633,7 +612,7 @@ class Preconditioner(Optimizer):
 
     def _begin_cycle(self) -> None:
         """Start gathering a new estimate (the preconditioner is kept only to keep moving with it)."""
-        memory = self._memory() if self.config.warm_start else None
+        memory = estimate_in_use.memory(self.state, self._all_params()) if self.config.warm_start else None
         if not self.config.keep_moving:
             self._discard_estimate()
         self._estimator = CycleEstimator(self.config, self.arithmetic, [g["params"] for g in self.param_groups],
@@ -650,21 +629,8 @@ class Preconditioner(Optimizer):
             self._begin_cycle()
             self._event("restart", f"stale estimate: {reason}")
 
-    def _memory(self) -> dict[int, Memory]:
-        """The estimate in use, per parameter index, for the next cycle's warm start."""
-        memory = {}
-        for index, p in enumerate(self._all_params()):
-            state = self.state.get(p, {})
-            if state.get("eigvecs") is not None and state.get("weights") is not None:
-                memory[index] = Memory(state["eigvecs"], state["eigvals"].double(), state["weights"])
-        return memory
-
     def _discard_estimate(self) -> None:
-        for p in self._all_params():
-            state = self.state.get(p)
-            for key in _ESTIMATE_KEYS:
-                if state:
-                    state.pop(key, None)
+        estimate_in_use.discard(self.state, self._all_params())
         self._plan = None
 
     def _restart_after(self, reason: str) -> None:
@@ -684,25 +650,14 @@ class Preconditioner(Optimizer):
 
     # ----------------------------------------------------------- optimization
 
-    def _apply_plan(self) -> list[list[tuple[Tensor, Tensor | None, Tensor | None]]]:
-        """Per group, the tensors whose gradient the optimizer changes: ``(p, U, factors)``.
+    def _apply_plan(self) -> list[list[estimate_in_use.PlanEntry]]:
+        """Per group, the tensors whose gradient the optimizer changes (:func:`estimate_in_use.apply_plan`).
 
         Derived from the state once per cycle (and after loading), so that an
         optimization step does no dictionary lookups and no host synchronisation.
         """
         if self._plan is None:
-            plan = []
-            for group in self.param_groups:
-                entries: list[tuple[Tensor, Tensor | None, Tensor | None]] = []
-                for p in group["params"]:
-                    state = self.state.get(p, {})
-                    factors = state.get("factors")
-                    if factors is not None and factors.numel():
-                        entries.append((p, state["eigvecs"][: factors.numel()], factors))
-                    elif group["weight_decay"]:
-                        entries.append((p, None, None))
-                plan.append(entries)
-            self._plan = plan
+            self._plan = estimate_in_use.apply_plan(self.param_groups, self.state)
         return self._plan
 
     @torch.no_grad()
@@ -773,7 +728,7 @@ class Preconditioner(Optimizer):
             wd, inner_extra = self.arithmetic.update_weight_decay(group["weight_decay"])
             if inner_extra:
                 inner_group["weight_decay"] = inner_group.get("weight_decay", 0.0) + inner_extra
-            swapped += self._precondition_gradients(entries, wd)
+            swapped += estimate_in_use.precondition_gradients(entries, wd)
         return lrs
 
     def _check_update(self, update: Update) -> StepCheck | None:
@@ -803,26 +758,6 @@ class Preconditioner(Optimizer):
             self._schedule.tracked = (index, observed, noise)  # the first check gives the reference
         elif observed is not None and reference is not None and is_stale(observed, reference, noise):
             self._stale = f"the curvature along the tracked direction is {observed:.3g}, was {reference:.3g}"
-
-    @staticmethod
-    def _precondition_gradients(entries: list[tuple[Tensor, Tensor | None, Tensor | None]],
-                                wd: float) -> list[tuple[Tensor, Tensor | None]]:
-        r"""Replace each ``p.grad`` by :math:`P(g + \text{wd}\,\theta)`; return the true gradients."""
-        swapped: list[tuple[Tensor, Tensor | None]] = []
-        for p, U, factors in entries:
-            g = p.grad
-            if g is None:
-                continue
-            flat = g.reshape(-1)
-            if wd:
-                flat = flat.add(p.detach().reshape(-1), alpha=wd)
-            if U is not None:
-                flat = precondition(flat, U, factors)  # type: ignore[arg-type]
-            elif not wd:
-                continue
-            swapped.append((p, g))
-            p.grad = flat.view_as(p)
-        return swapped
 
     # ------------------------------------------------------------- internals
 

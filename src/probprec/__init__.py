@@ -7,6 +7,8 @@ in Stochastic Optimization", AISTATS 2019; L. Bald, BSc thesis, Tübingen 2019.
 from .optimizer import Preconditioner
 from .variants import (
     AdaptiveSGD,
+    OnlyAdaptiveAdam,
+    OnlyAdaptiveRMSprop,
     OnlyAdaptiveSGD,
     PreconditionedAdam,
     PreconditionedMomentum,
@@ -20,6 +22,8 @@ __version__ = "0.1.0"
 __all__ = [
     # variants (thesis Table 4.1)
     "AdaptiveSGD",
+    "OnlyAdaptiveAdam",
+    "OnlyAdaptiveRMSprop",
     "OnlyAdaptiveSGD",
     "PreconditionedAdam",
     "PreconditionedMomentum",

@@ -33,6 +33,7 @@ from .check_step import SECANT_STATE
 from .config import MECHANISMS
 from .cycle_state import GroupCycle, TensorCycle
 from .estimate_in_use import ESTIMATE_KEYS
+from .metric import METRIC_STATE, MOMENTUM_STATE
 
 __all__ = ["VERSION", "Expected", "check_state_dict", "upgrade"]
 
@@ -42,7 +43,7 @@ _SCHEDULE_INTS = ("cycle", "optimize_steps", "failures", "cycles_completed")
 _PRIOR_KEYS = ("step_size", "mean", "width", "noise", "noise_measured")
 FORMAT_0_BEHAVIOUR = dict.fromkeys(MECHANISMS, False)
 """The options added since format 0, at the values that reproduce the code that wrote it."""
-LATER_OPTIONS = {"secant_check": False}
+LATER_OPTIONS = {"secant_check": False, "metric": "identity", "max_factor": 1.0}
 """Options added to the configuration since format 1, at the values of the code before them (a state dict saved
 without one was saved with this value)."""
 
@@ -213,6 +214,9 @@ def _check_estimate(state: Mapping[Any, Any], expected: Expected) -> None:
             if key == SECANT_STATE:
                 _tensor_shape(value, f"{where}[{key!r}]", (n,))
                 continue
+            if key in (METRIC_STATE, MOMENTUM_STATE):
+                _tensor_shape(value, f"{where}[{key!r}]", tuple(expected.shapes[index]))
+                continue
             if key not in ESTIMATE_KEYS:
                 raise _fail(f"is damaged: {where}[{key!r}] is not a key of this optimizer's state")
             _tensor_shape(value, f"{where}[{key!r}]", (None, n) if key == "eigvecs" else (None,))
@@ -236,6 +240,8 @@ def _check_record(extra: Mapping[str, Any], expected: Expected) -> None:
     for key in ("next_check", "interval", "checks", "cuts"):
         if not isinstance(safeguard.get(key), int):
             raise _fail(f"is damaged: 'probprec'['safeguard'][{key!r}] must be an integer")
+    if not isinstance(extra.get("metric_steps", 0), int):
+        raise _fail("is damaged: 'probprec'['metric_steps'] must be an integer")
     log = _mapping(extra.get("log"), "'probprec'['log']")
     priors = _sequence(log.get("priors"), "'probprec'['log']['priors']")
     gains = _sequence(extra.get("gains"), "'probprec'['gains']")

@@ -14,12 +14,13 @@ from typing import Any
 from ._validation import check_choice, check_float, check_int
 from .thesis import FIXES, quirks_for
 
-__all__ = ["EXTRACTIONS", "MECHANISMS", "MODES", "OBSERVATIONS", "STEP_RULES", "Config"]
+__all__ = ["EXTRACTIONS", "MECHANISMS", "METRICS", "MODES", "OBSERVATIONS", "STEP_RULES", "Config"]
 
 STEP_RULES = ("newton", "paper")
 EXTRACTIONS = ("ritz", "posterior")
 OBSERVATIONS = ("next", "same")
 MODES = ("default", "thesis")
+METRICS = ("identity", "rms", "adam")
 MECHANISMS = ("safeguard", "keep_moving", "adaptive_restarts", "adaptive_observations", "warm_start")
 """The options of the default mode's mechanisms: each on in the default mode, off in the thesis mode."""
 
@@ -53,6 +54,10 @@ class Config:
     """Carry the previous estimate's directions and curvatures into the next (:mod:`probprec.warm_start`)."""
     secant_check: bool = False
     """Also measure each check's step by the gradient where it ended (:func:`~probprec.check_step.secant_ratio`)."""
+    metric: str = "identity"
+    """The coordinates the step size is estimated and taken in (:mod:`probprec.metric`)."""
+    max_factor: float = 1.0
+    """The largest factor of the safeguard on the estimated step size (:attr:`~probprec.safeguard.Safeguard.cap`)."""
     quirks: frozenset[str] = frozenset()
     """The 2019 quirks left on (thesis mode); empty in the default mode."""
 
@@ -85,6 +90,7 @@ class Config:
         if secant_check and not safeguard:
             raise ValueError("secant_check=True needs the safeguard, got safeguard=False (or mode='thesis', where it "
                              "is off unless safeguard=True)")
+        metric, max_factor = _metric(options, mode, build, safeguard)
         return cls(
             est_rank=est_rank,
             num_observations=num_observations,
@@ -105,6 +111,8 @@ class Config:
             adaptive_observations=adaptive_observations,
             warm_start=warm_start,
             secant_check=secant_check,
+            metric=metric,
+            max_factor=max_factor,
             quirks=_quirks(mode, fixes),
         )
 
@@ -129,7 +137,27 @@ class Config:
                 "apply_preconditioner": self.apply_preconditioner, "safeguard": self.safeguard,
                 "keep_moving": self.keep_moving, "adaptive_restarts": self.adaptive_restarts,
                 "adaptive_observations": self.adaptive_observations, "warm_start": self.warm_start,
-                "secant_check": self.secant_check}
+                "secant_check": self.secant_check, "metric": self.metric, "max_factor": self.max_factor}
+
+
+def _metric(options: dict[str, Any], mode: str, build: bool, safeguard: bool) -> tuple[str, float]:
+    """``metric`` and ``max_factor``, checked against the options they need."""
+    metric = check_choice("metric", options.get("metric", Config.metric), METRICS)
+    if metric != "identity" and (build or mode != "default"):
+        raise ValueError(f"metric={metric!r} works with build_preconditioner=False in mode='default' (the low-rank "
+                         f"preconditioner is estimated in the identity metric only), got build_preconditioner={build}, "
+                         f"mode={mode!r}")
+    value = options.get("max_factor", Config.max_factor)
+    try:
+        max_factor = check_float("max_factor", value, positive=True)
+    except ValueError:
+        max_factor = 0.0
+    if max_factor < 1.0:
+        raise ValueError(f"max_factor must be a finite number >= 1, got {value!r}")
+    if max_factor > 1.0 and not safeguard:
+        raise ValueError(f"max_factor > 1 needs the safeguard (its checks let the step size grow), got "
+                         f"max_factor={max_factor} with safeguard=False")
+    return metric, max_factor
 
 
 def _quirks(mode: str, fixes: Any) -> frozenset[str]:

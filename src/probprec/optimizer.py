@@ -29,6 +29,7 @@ from .distributed import Collective, hyperparameter_facts, parameter_facts
 from .estimator import CycleEstimator, Estimate, Outcome
 from .hvp import has_graph, hessian_vector_product
 from .log import OptimizerLog
+from .metric import BETA1, RMSMetric
 from .safeguard import Safeguard
 from .schedule import MAX_AGE, CycleSchedule, is_stale
 from .step_control import Curvature, StepControl, Update
@@ -131,6 +132,12 @@ class Preconditioner(Optimizer):
         warm_start: carry the previous estimate's top directions and curvatures
             into the next cycle (:mod:`probprec.warm_start`). None (default): on,
             except in thesis mode.
+        metric: ``"identity"`` (default), ``"rms"``: estimate the step size and step in RMSprop's coordinates,
+            :math:`\Delta\theta = \eta\, D G` with :math:`D` from the average of the squared gradients, or
+            ``"adam"``: the same with the step along Adam's average of the gradients, :math:`\eta\, D \hat m`
+            (:mod:`probprec.metric`); both need ``build_preconditioner=False`` and ``weight_decay=0``.
+        max_factor: the safeguard may grow the step size up to this many times the estimate, ``>= 1``
+            (default 1: at most the estimate); above 1 it needs the safeguard.
         secant_check: the update after each check also measures the check's step by the
             gradient where it ended, and cuts the step sizes and bounds their growth where
             the step went past the minimum (:func:`~probprec.check_step.secant_ratio`);
@@ -181,6 +188,8 @@ class Preconditioner(Optimizer):
         adaptive_observations: bool | None = None,
         warm_start: bool | None = None,
         secant_check: bool = False,
+        metric: str = "identity",
+        max_factor: float = 1.0,
         first_cycle_lr: float | None = None,
         inner_weight_decay: float = 0.0,
         process_group: Any = None,
@@ -193,7 +202,7 @@ class Preconditioner(Optimizer):
             restart_interval=restart_interval, build_preconditioner=build_preconditioner,
             apply_preconditioner=apply_preconditioner, mode=mode, safeguard=safeguard, keep_moving=keep_moving,
             adaptive_restarts=adaptive_restarts, adaptive_observations=adaptive_observations,
-            warm_start=warm_start, secant_check=secant_check)
+            warm_start=warm_start, secant_check=secant_check, metric=metric, max_factor=max_factor)
         defaults = own_defaults(weight_decay, inner_weight_decay, lr, first_cycle_lr)
         self.optim_class = check_inner_class(optim_class, Preconditioner)
         self.arithmetic = arithmetic_for(config)
@@ -216,7 +225,10 @@ class Preconditioner(Optimizer):
         self._schedule = CycleSchedule()
         self._estimator: CycleEstimator | None = None
         self._log = OptimizerLog()
-        self._control = StepControl()
+        self._control = StepControl(self.config.max_factor)
+        momentum = BETA1 if self.config.metric == "adam" else 0.0
+        self._metric = None if self.config.metric == "identity" else RMSMetric(momentum)
+        self._phi: dict[Tensor, Tensor] | None = None  # during an estimation step in the metric: D^1/2 per tensor
         self._gains: list[float] = []
         self._warned: set[str] = set()
         self._stale: str | None = None  # during an update: why the estimate is stale (a restart follows)
@@ -242,6 +254,7 @@ class Preconditioner(Optimizer):
         group = {**param_group, "params": group_list(param_group["params"])}
         before = len(self.param_groups)
         check_new_group(group, before, len(self._all_params()), self.defaults, self._inner_spec)
+        self._check_metric_decay(before, group.get("weight_decay", self.defaults["weight_decay"]))
         super().add_param_group(group)
         try:
             self._log.priors.append(None)
@@ -384,6 +397,7 @@ class Preconditioner(Optimizer):
             "log": self._log.as_state(),
             "gains": list(self._gains),
             "estimator": None if self._estimator is None else self._estimator.state_dict(),
+            "metric_steps": 0 if self._metric is None else self._metric.steps,
         }
         assert self._inner is not None
         sd["inner"] = self._inner.state_dict()
@@ -419,6 +433,8 @@ class Preconditioner(Optimizer):
         self._control.safeguard = Safeguard.from_state(extra["safeguard"])
         self._log = OptimizerLog.from_state(extra["log"])
         self._gains = [float(g) for g in extra["gains"]]
+        if self._metric is not None:
+            self._metric.steps = int(extra.get("metric_steps", 0))
         group_params = [g["params"] for g in self.param_groups]
         self._estimator = None if extra["estimator"] is None else CycleEstimator.from_state_dict(
             self.config, self.arithmetic, group_params, extra["estimator"])
@@ -426,7 +442,7 @@ class Preconditioner(Optimizer):
         self._inner.load_state_dict(inner)
 
     _OWN_ATTRIBUTES = ("config", "arithmetic", "optim_class", "_inner_spec", "_inner", "_plan", "_schedule",
-                       "_control", "_estimator", "_log", "_gains", "_warned", "_products")
+                       "_control", "_estimator", "_log", "_gains", "_warned", "_products", "_metric", "_phi")
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -477,10 +493,16 @@ class Preconditioner(Optimizer):
             if not scale.skip:  # a step the scaler skips (inf or NaN gradients) changes nothing
                 self._graph_scale = 1.0 if scale.graph is None else scale.graph
                 observed = self._share_curvature_step(loss) if self._collective.active and self.create_graph else loss
-                if self._estimator is None:
-                    self._optimize_no_grad(check=self._check_due())
-                else:
-                    self._estimate(observed)
+                undo = None if self._metric is None else self._metric.observe(self.state, self._all_params())
+                try:
+                    if self._estimator is None:
+                        self._optimize_no_grad(check=self._check_due())
+                    else:
+                        self._estimate(observed)
+                except BaseException:
+                    if self._metric is not None:
+                        self._metric.undo(self.state, undo)  # type: ignore[arg-type]
+                    raise
         finally:
             self._graph_scale = 1.0
             self._release_graphs()
@@ -497,12 +519,19 @@ class Preconditioner(Optimizer):
             for i, group in enumerate(self.param_groups):
                 for key in keys:
                     check_float(f"param_groups[{i}][{key!r}]", group[key], positive=False)
+                self._check_metric_decay(i, group["weight_decay"])
             plain = all(type(value) in (float, int) for row in values for value in row)
             self._valid_values = values if plain else None
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None and p.grad.is_sparse:
                     raise RuntimeError("Preconditioner does not support sparse gradients")
+
+    def _check_metric_decay(self, index: int, weight_decay: Any) -> None:
+        r"""Refuse an L2 term with the ``"rms"`` metric (its curvature :math:`\text{wd}\, I` is not rescaled)."""
+        if self.config.metric != "identity" and weight_decay != 0:
+            raise ValueError(f"param_groups[{index}]['weight_decay'] must be 0 with metric={self.config.metric!r} "
+                             f"(use inner_weight_decay for a decoupled decay), got {weight_decay!r}")
 
     def _share_curvature_step(self, loss: Any) -> Any:
         """Data-parallel: average this curvature step's gradients and loss over the ranks; return the loss.
@@ -543,18 +572,48 @@ class Preconditioner(Optimizer):
         """One estimation step; if it raises, the optimizer is restored to what it was before."""
         assert self._estimator is not None
         backup, hvp_count = self._estimator.copy(), self._log.hvp_count
+        swapped = self._to_metric()
         try:
             outcome = self._estimator.step(self.param_groups, loss, self._hvp)
         except BaseException:
             self._estimator, self._log.hvp_count, self._products = backup, hvp_count, []
             raise
+        finally:
+            self._phi = None
+            for p, g in swapped:
+                p.grad = g
         self._act_on(outcome)
         moving = self.config.keep_moving and self._schedule.cycles_completed > 0
         if moving and outcome.restart is None and outcome.estimate is None:
             self._optimize_no_grad()  # with the previous estimate, while this cycle gathers the next one
 
+    def _to_metric(self) -> list[tuple[Tensor, Tensor]]:
+        r"""With a metric: the estimator sees :math:`\varphi`'s gradients :math:`D^{1/2} g`; return the true ones.
+
+        The true gradients keep their graph in ``_graphs`` for the products, which :meth:`_hvp` takes in
+        :math:`\varphi` too (:mod:`probprec.metric`).
+        """
+        if self._metric is None:
+            return []
+        self._phi, swapped = {}, []
+        for p in self._all_params():
+            g = p.grad
+            scale = None if g is None else self._metric.scale(self.state, p)
+            if g is not None and scale is not None:
+                half = self._phi[p] = scale.sqrt()
+                self._graphs.setdefault(p, g)
+                swapped.append((p, g))
+                p.grad = g.detach() * half
+        return swapped
+
     def _hvp(self, params: list[Tensor], vectors: list[Tensor]) -> list[Tensor]:
-        """Hessian-vector products of this minibatch, in the units of the unscaled loss."""
+        """Hessian-vector products of this minibatch, in the units of the unscaled loss.
+
+        During an estimation step with a metric, in its coordinates (:meth:`_to_metric`).
+        """
+        if self._phi is not None:
+            halves = [self._phi[p].reshape(-1) for p in params]
+            vectors = [v * h for v, h in zip(vectors, halves, strict=True)]
         grads = [self._graphs.get(p, p.grad) for p in params]
         if not any(has_graph(g) for g in grads):
             raise RuntimeError(
@@ -569,6 +628,8 @@ class Preconditioner(Optimizer):
             for h in hvps:
                 h.div_(self._graph_scale)
         self._collective.average_(hvps)
+        if self._phi is not None:
+            hvps = [h.mul_(half) for h, half in zip(hvps, halves, strict=True)]
         self._log.hvp_count += 1
         if self.arithmetic.grad_keeps_product:
             self._products = [(p, h.clone()) for p, h in zip(params, hvps, strict=True)]
@@ -729,7 +790,23 @@ class Preconditioner(Optimizer):
             if inner_extra:
                 inner_group["weight_decay"] = inner_group.get("weight_decay", 0.0) + inner_extra
             swapped += estimate_in_use.precondition_gradients(entries, wd)
+            if self._metric is not None:
+                self._rescale_gradients(group["params"], swapped)
         return lrs
+
+    def _rescale_gradients(self, params: list[Tensor], swapped: list[tuple[Tensor, Tensor | None]]) -> None:
+        r"""With a metric: ``p.grad`` becomes :math:`D\, p.grad`, the update's step (:mod:`probprec.metric`)."""
+        assert self._metric is not None
+        replaced = {p for p, _ in swapped}
+        for p in params:
+            g = p.grad
+            scale = None if g is None else self._metric.scale(self.state, p)
+            if g is None or scale is None:
+                continue
+            if p not in replaced:
+                swapped.append((p, g))
+            m = self._metric.direction(self.state, p)
+            p.grad = (g if m is None else m) * scale
 
     def _check_update(self, update: Update) -> StepCheck | None:
         """A check step (:meth:`StepControl.check`); with adaptive restarts, also note whether the estimate is stale.

@@ -20,7 +20,8 @@ the optimizer asks the loop for the graph (:attr:`~probprec.Preconditioner.creat
 minimiser of the model along :math:`\Delta`), before the step is taken.
 
 A check whose step ratio is below :data:`LIMIT` / :data:`GROWTH` finds room: the factors grow by
-:data:`GROWTH` (at most back to the estimate), trust-region style, so that a cut is not forever. Since
+:data:`GROWTH` (at most back to the estimate, or to :attr:`Safeguard.cap` times it with ``max_factor``),
+trust-region style, so that a cut is not forever. Since
 :math:`r` is proportional to the step size, a check also tells how far the factor may go before the step
 passes the model's minimiser: its *ceiling*, :math:`f\,\text{TARGET}/r` (at most 1).
 
@@ -101,6 +102,9 @@ class Safeguard:
     pending: float | None = None
     r"""The slope :math:`G^\top \Delta` of the last check's update, until the update after it measures the
     secant ratio (:meth:`observe_secant`); None otherwise."""
+    cap: float = 1.0
+    """The largest factor (``max_factor``): 1, at most the estimate; above 1 a check with room lets the step size
+    grow past the estimate, up to ``cap`` times it (for an estimate known to be cautious, :mod:`probprec.metric`)."""
 
     def add_group(self) -> None:
         """A parameter group was added."""
@@ -146,9 +150,10 @@ class Safeguard:
             cut = self._cut(r)
         else:
             if r is not None and r > 0:
-                self.ceilings = [max(f, min(1.0, f * TARGET / r, self.bound(i))) for i, f in enumerate(self.factors)]
+                self.ceilings = [max(f, min(self.cap, f * TARGET / r, self.bound(i)))
+                                 for i, f in enumerate(self.factors)]
             if r is not None and 0 <= r < LIMIT / GROWTH:  # room to grow, as far as the secant allows
-                self.factors = [min(1.0, f * GROWTH, max(f, self.bound(i))) for i, f in enumerate(self.factors)]
+                self.factors = [min(self.cap, f * GROWTH, max(f, self.bound(i))) for i, f in enumerate(self.factors)]
                 self.ceilings = [max(c, f) for c, f in zip(self.ceilings, self.factors, strict=True)]
             self.interval = min(2 * self.interval, MAX_INTERVAL)
         self.next_check = updates + self.interval
@@ -182,9 +187,9 @@ class Safeguard:
         return cut
 
     def bound(self, index: int) -> float:
-        """The largest factor of group ``index`` whose averaged secant ratio stays within :data:`LIMIT` (or 1)."""
+        """The largest factor of group ``index`` whose averaged secant ratio stays within :data:`LIMIT` (or the cap)."""
         secant = self.secants[index]
-        return 1.0 if secant is None else min(1.0, secant * LIMIT / TARGET)
+        return self.cap if secant is None else min(self.cap, secant * LIMIT / TARGET)
 
     def _cut(self, ratio: float) -> float:
         """Cut every factor by :data:`TARGET` / ``ratio``; the ceilings follow, the checks come at every update."""
@@ -229,7 +234,7 @@ class Safeguard:
         """Plain values for a state dict."""
         return {"factors": list(self.factors), "ceilings": list(self.ceilings), "last": list(self.last),
                 "next_check": self.next_check, "interval": self.interval, "checks": self.checks, "cuts": self.cuts,
-                "pending": self.pending, "secants": list(self.secants)}
+                "pending": self.pending, "secants": list(self.secants), "cap": self.cap}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Safeguard:
@@ -240,5 +245,5 @@ class Safeguard:
         secants = [None if m is None else float(m) for m in state.get("secants", [None] * len(factors))]
         return cls(factors, ceilings, secants, [None if v is None else float(v) for v in state["last"]],
                    int(state["next_check"]), int(state["interval"]), int(state["checks"]), int(state["cuts"]),
-                   None if pending is None else float(pending))
+                   None if pending is None else float(pending), float(state.get("cap", 1.0)))
 

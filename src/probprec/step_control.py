@@ -73,8 +73,8 @@ class Curvature:
 class StepControl:
     """The safeguard of one optimizer, applied update by update (see the module docstring)."""
 
-    def __init__(self) -> None:
-        self.safeguard = Safeguard()
+    def __init__(self, cap: float = 1.0) -> None:
+        self.safeguard = Safeguard(cap=cap)
 
     def secant(self, update: Update, state: Mapping[Tensor, dict[str, Any]]) -> None:
         """At the update after a check: cut the step sizes if the check's step went past the minimum."""

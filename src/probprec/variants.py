@@ -1,4 +1,4 @@
-"""The variants of thesis Table 4.1, as thin subclasses of :class:`~probprec.Preconditioner`.
+r"""The variants of thesis Table 4.1, as thin subclasses of :class:`~probprec.Preconditioner`.
 
 =========================  =========  ===============  =========  =========
 class                      (1) prior  (2) adaptive lr  (3) build  (4) apply
@@ -13,6 +13,9 @@ PreconditionedTunedSGD     yes        no (user lr)     yes        yes
 
 ``OnlyAdaptiveSGD`` stops each cycle after the prior: it computes no posterior,
 no low-rank estimate and only ``prior_iterations`` Hessian-vector products.
+``OnlyAdaptiveRMSprop`` does the same in RMSprop's coordinates (:mod:`probprec.metric`): its step is
+:math:`\eta\, D G`, and its safeguard may grow the step size past the estimate; ``OnlyAdaptiveAdam`` steps
+along Adam's average of the gradients instead, :math:`\eta\, D \hat m`.
 Any other inner optimizer works through ``optim_class`` (``PreconditionedMomentum``
 and ``PreconditionedAdam`` are provided for the thesis's experiments).
 """
@@ -29,6 +32,8 @@ from .optimizer import Preconditioner
 
 __all__ = [
     "AdaptiveSGD",
+    "OnlyAdaptiveAdam",
+    "OnlyAdaptiveRMSprop",
     "OnlyAdaptiveSGD",
     "PreconditionedAdam",
     "PreconditionedMomentum",
@@ -62,6 +67,28 @@ class OnlyAdaptiveSGD(PreconditionedSGD):
     def __init__(self, params: Params, **kwargs: Any) -> None:
         kwargs.setdefault("build_preconditioner", False)
         kwargs.setdefault("apply_preconditioner", False)
+        super().__init__(params, **kwargs)
+
+
+class OnlyAdaptiveRMSprop(OnlyAdaptiveSGD):
+    r"""RMSprop's step (no momentum) with the step size estimated in its coordinates: :math:`\eta\, D G`.
+
+    ``metric="rms"`` (:mod:`probprec.metric`) and ``max_factor=8``: the minimal-residual step in these
+    coordinates is decided by the largest curvatures and is cautious, so the safeguard's checks may grow it up to
+    8 times, as far as the quadratic model along the update allows.
+    """
+
+    def __init__(self, params: Params, **kwargs: Any) -> None:
+        kwargs.setdefault("metric", "rms")
+        kwargs.setdefault("max_factor", 8.0)
+        super().__init__(params, **kwargs)
+
+
+class OnlyAdaptiveAdam(OnlyAdaptiveRMSprop):
+    r"""Adam's step :math:`\eta\, D \hat m`, the step size estimated in RMSprop's coordinates (``metric="adam"``)."""
+
+    def __init__(self, params: Params, **kwargs: Any) -> None:
+        kwargs.setdefault("metric", "adam")
         super().__init__(params, **kwargs)
 
 

@@ -19,7 +19,8 @@ from probprec.bench.peers import PEERS
 from probprec.bench.problems import FAMILY
 from probprec.bench.sweeps import expand, load_sweep
 
-OURS = {"PreconditionedSGD", "AdaptiveSGD", "OnlyAdaptiveSGD", "ThesisPreconditionedSGD"}
+OURS = {"PreconditionedSGD", "AdaptiveSGD", "OnlyAdaptiveSGD", "OnlyAdaptiveRMSprop", "OnlyAdaptiveAdam",
+        "ThesisPreconditionedSGD"}
 
 
 @pytest.fixture(scope="module")

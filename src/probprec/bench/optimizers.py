@@ -84,6 +84,10 @@ _THESIS_SGD = {"fmnist_2c2d": 0.11288378916846883, "cifar10_3c3d": 0.04832930238
 _THESIS_MOMENTUM = {"fmnist_2c2d": 0.02069138081114788, "cifar10_3c3d": 0.00379269019073225}
 
 
+_DEFAULT_MODE_ONLY = {"OnlyAdaptiveRMSprop", "OnlyAdaptiveAdam"}
+"""Variants the 2019 class had no counterpart of (their metric works in the default mode only): no thesis twin."""
+
+
 def _specs() -> dict[str, OptimizerSpec]:
     sgd = {**_EMBEDDED_SGD, **_DEEPOBS_SGD, **_THESIS_SGD}
     adam = {**_EMBEDDED_ADAM, **_DEEPOBS_ADAM}
@@ -98,6 +102,10 @@ def _specs() -> dict[str, OptimizerSpec]:
                       description="estimated step size; preconditioner built, not applied ((1)-(3))"),
         OptimizerSpec("OnlyAdaptiveSGD", probprec.OnlyAdaptiveSGD, second_order=True,
                       description="estimated step size only ((1)-(2))"),
+        OptimizerSpec("OnlyAdaptiveRMSprop", probprec.OnlyAdaptiveRMSprop, second_order=True,
+                      description="RMSprop's step, step size estimated in its coordinates ((1)-(2), metric='rms')"),
+        OptimizerSpec("OnlyAdaptiveAdam", probprec.OnlyAdaptiveAdam, second_order=True,
+                      description="Adam's step, step size estimated in RMSprop's coordinates (metric='adam')"),
         OptimizerSpec("PreconditionedMomentum", probprec.PreconditionedMomentum, second_order=True,
                       description="momentum 0.9 inside, estimated step size, preconditioned"),
         OptimizerSpec("PreconditionedAdam", probprec.PreconditionedAdam, second_order=True,
@@ -111,7 +119,7 @@ def _specs() -> dict[str, OptimizerSpec]:
     specs += [
         OptimizerSpec(f"Thesis{spec.name}", spec.factory, {**spec.defaults, **thesis}, spec.tuned_lr,
                       second_order=True, description=f"{spec.name} with the 2019 arithmetic (mode='thesis')")
-        for spec in list(specs) if spec.second_order
+        for spec in list(specs) if spec.second_order and spec.name not in _DEFAULT_MODE_ONLY
     ]
     specs += [OptimizerSpec(peer.name, peer_factory(peer), description=peer.description) for peer in PEERS]
     return {spec.name: spec for spec in specs}

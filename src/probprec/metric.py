@@ -62,9 +62,9 @@ def rms_scale(second_moment: Tensor, steps: int, beta2: float = BETA2, relative_
         >>> rms_scale(torch.tensor([4.0, 0.0]), steps=1, beta2=0.0, relative_eps=1.0)
         tensor([0.3333, 1.0000])
     """
-    r = (second_moment / (1.0 - beta2**steps)).sqrt()
+    r = second_moment.div(1.0 - beta2**steps).sqrt_()  # one new tensor, the rest in place
     floor = relative_eps * r.mean()
-    return (r + floor).clamp_min(torch.finfo(r.dtype).tiny).reciprocal()
+    return r.add_(floor).clamp_min_(torch.finfo(r.dtype).tiny).reciprocal_()
 
 
 class RMSMetric:

@@ -60,7 +60,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from probprec import AdaptiveSGD, OnlyAdaptiveSGD, PreconditionedSGD
+from probprec import AdaptiveSGD, OnlyAdaptiveAdam, OnlyAdaptiveRMSprop, OnlyAdaptiveSGD, PreconditionedSGD
 from probprec.config import MECHANISMS
 from probprec.hvp import hessian_vector_product
 from probprec.safeguard import Safeguard
@@ -77,12 +77,13 @@ TARGETS = {
 # The default mode's mechanisms switched off: the default of the release before them, to show their cost; and
 # the default in the loop the README documents (no start_estimate(): its adaptive restarts decide).
 DOCUMENTED_LOOP = "PreconditionedSGD, documented loop"
+METRIC_LOOPS = ["OnlyAdaptiveRMSprop, documented loop", "OnlyAdaptiveAdam, documented loop"]
 REFERENCES = {
-    "mlp": [DOCUMENTED_LOOP, "PreconditionedSGD, mechanisms off", "HVP floor (14 HVPs)", "HVP floor (10 HVPs)",
+    "mlp": [DOCUMENTED_LOOP, *METRIC_LOOPS, "PreconditionedSGD, mechanisms off", "HVP floor (14 HVPs)",
+            "HVP floor (10 HVPs)", "PreconditionedSGD, all applied"],
+    "cnn": [DOCUMENTED_LOOP, *METRIC_LOOPS, "PreconditionedSGD, mechanisms off", "HVP floor (14 HVPs)",
             "PreconditionedSGD, all applied"],
-    "cnn": [DOCUMENTED_LOOP, "PreconditionedSGD, mechanisms off", "HVP floor (14 HVPs)",
-            "PreconditionedSGD, all applied"],
-    "tiny": [DOCUMENTED_LOOP, "PreconditionedSGD, mechanisms off", "HVP floor (14 HVPs)"],
+    "tiny": [DOCUMENTED_LOOP, *METRIC_LOOPS, "PreconditionedSGD, mechanisms off", "HVP floor (14 HVPs)"],
 }
 
 
@@ -149,6 +150,8 @@ CANDIDATES: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
     "AdaptiveSGD": lambda p: AdaptiveSGD(p),
     "OnlyAdaptiveSGD": lambda p: OnlyAdaptiveSGD(p),
     DEFAULT_LOOP: lambda p: OnlyAdaptiveSGD(p),
+    "OnlyAdaptiveRMSprop, documented loop": lambda p: OnlyAdaptiveRMSprop(p),
+    "OnlyAdaptiveAdam, documented loop": lambda p: OnlyAdaptiveAdam(p),
 }
 
 

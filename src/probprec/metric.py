@@ -33,7 +33,7 @@ came out 16-100 times smaller than a useful one (measured on the contest's CNNs)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any
 
 import torch
@@ -117,3 +117,39 @@ class RMSMetric:
         """What the update scales by D: the gradients' bias-corrected average, or None for the gradient itself."""
         m = state.get(p, {}).get(MOMENTUM_STATE) if self.beta1 else None
         return None if m is None else m / (1.0 - self.beta1**self.steps)
+
+    def to_phi(self, state: MutableMapping[Tensor, dict[str, Any]], params: Sequence[Tensor],
+               graphs: dict[Tensor, Tensor]) -> tuple[dict[Tensor, Tensor], list[tuple[Tensor, Tensor]]]:
+        r""":math:`D^{1/2} g` into each ``p.grad``; return :math:`D^{1/2}` per tensor and the true gradients.
+
+        Each ``p.grad`` becomes its gradient in :math:`\varphi`. The true gradient keeps its graph in ``graphs``
+        (unless one is there already), for the products.
+        """
+        halves: dict[Tensor, Tensor] = {}
+        swapped: list[tuple[Tensor, Tensor]] = []
+        for p in params:
+            g = p.grad
+            scale = None if g is None else self.scale(state, p)
+            if g is not None and scale is not None:
+                half = halves[p] = scale.sqrt()
+                graphs.setdefault(p, g)
+                swapped.append((p, g))
+                p.grad = g.detach() * half
+        return halves, swapped
+
+    def rescale(self, state: MutableMapping[Tensor, dict[str, Any]], params: Sequence[Tensor],
+                swapped: list[tuple[Tensor, Tensor | None]]) -> None:
+        r"""Make each ``p.grad`` the update's step, :math:`D g` (or :math:`D \hat m`).
+
+        The true gradient joins ``swapped`` where it is not there yet.
+        """
+        replaced = {p for p, _ in swapped}
+        for p in params:
+            g = p.grad
+            scale = None if g is None else self.scale(state, p)
+            if g is None or scale is None:
+                continue
+            if p not in replaced:
+                swapped.append((p, g))
+            m = self.direction(state, p)
+            p.grad = (g if m is None else m) * scale

@@ -595,15 +595,7 @@ class Preconditioner(Optimizer):
         """
         if self._metric is None:
             return []
-        self._phi, swapped = {}, []
-        for p in self._all_params():
-            g = p.grad
-            scale = None if g is None else self._metric.scale(self.state, p)
-            if g is not None and scale is not None:
-                half = self._phi[p] = scale.sqrt()
-                self._graphs.setdefault(p, g)
-                swapped.append((p, g))
-                p.grad = g.detach() * half
+        self._phi, swapped = self._metric.to_phi(self.state, self._all_params(), self._graphs)
         return swapped
 
     def _hvp(self, params: list[Tensor], vectors: list[Tensor]) -> list[Tensor]:
@@ -791,22 +783,8 @@ class Preconditioner(Optimizer):
                 inner_group["weight_decay"] = inner_group.get("weight_decay", 0.0) + inner_extra
             swapped += estimate_in_use.precondition_gradients(entries, wd)
             if self._metric is not None:
-                self._rescale_gradients(group["params"], swapped)
+                self._metric.rescale(self.state, group["params"], swapped)
         return lrs
-
-    def _rescale_gradients(self, params: list[Tensor], swapped: list[tuple[Tensor, Tensor | None]]) -> None:
-        r"""With a metric: ``p.grad`` becomes :math:`D\, p.grad`, the update's step (:mod:`probprec.metric`)."""
-        assert self._metric is not None
-        replaced = {p for p, _ in swapped}
-        for p in params:
-            g = p.grad
-            scale = None if g is None else self._metric.scale(self.state, p)
-            if g is None or scale is None:
-                continue
-            if p not in replaced:
-                swapped.append((p, g))
-            m = self._metric.direction(self.state, p)
-            p.grad = (g if m is None else m) * scale
 
     def _check_update(self, update: Update) -> StepCheck | None:
         """A check step (:meth:`StepControl.check`); with adaptive restarts, also note whether the estimate is stale.
